@@ -1,0 +1,25 @@
+# VLT: the two commands of the README, and their pieces.
+#   make demo   set up, generate the embedded domain-shift benchmark, train + evaluate a small VLTSeg on CPU
+#   make test   set up, lint, run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_OUT ?= output/demo
+
+.PHONY: setup demo test lint clean-venv
+
+setup:
+	@bash tools/setup_env.sh
+
+demo: setup
+	$(PY) tools/run_demo.py --output $(DEMO_OUT) $(DEMO_ARGS)
+
+lint: setup
+	$(PY) -m ruff check .
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""VLT modeling/adapters."""
