@@ -46,10 +46,17 @@ def _add_backbone_config(cfg):
     # Output names, finest first. Strides are 4, 8, 16, 32 (× patch/16 for native patch-14 towers), plus 64
     # for "p6" in pyramid mode.
     cfg.MODEL.OPEN_CLIP.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # How "taps" mode resizes the four blocks: "interpolate" (bilinear, official Rein) or "deconv" (transposed
+    # convolutions ×4/×2 and max-pool ×0.5, the BEiT/EVA segmentation backbones).
+    cfg.MODEL.OPEN_CLIP.TAPS_RESAMPLE = "interpolate"
+    # Norm between the two transposed convolutions of the ×4 level in "deconv" mode.
+    cfg.MODEL.OPEN_CLIP.TAPS_NORM = "SyncBN"
     # Channels of each output in "pyramid" mode (ViTDet: 256); "taps" mode keeps the tower width.
     cfg.MODEL.OPEN_CLIP.PYRAMID_CHANNELS = 256
     # Norm in the simple feature pyramid ("LN" as ViTDet, "" for none).
     cfg.MODEL.OPEN_CLIP.PYRAMID_NORM = "LN"
+    # "pyramid" mode: pad inputs to this square size (ViTDet large-scale jitter: 1024); 0 = off.
+    cfg.MODEL.OPEN_CLIP.PYRAMID_SQUARE_PAD = 0
     # Stochastic depth, linearly increasing over the blocks up to this rate.
     cfg.MODEL.OPEN_CLIP.DROP_PATH_RATE = 0.0
     # Freeze patch embedding + the first N blocks (-1 = freeze the whole tower, 0 = train everything).

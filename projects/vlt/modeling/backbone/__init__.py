@@ -1,4 +1,15 @@
 """open_clip vision towers as Detectron2 backbones."""
 from .open_clip_loader import build_open_clip_model, build_open_clip_tokenizer, pixel_stats
+from .open_clip_vit import (
+    OpenCLIPSimpleFeaturePyramid,
+    OpenCLIPViT,
+    build_open_clip_vit_backbone,
+    default_tap_indices,
+    get_vit,
+)
+from .vision_tower import VisionTower
 
-__all__ = ["build_open_clip_model", "build_open_clip_tokenizer", "pixel_stats"]
+__all__ = [
+    "OpenCLIPSimpleFeaturePyramid", "OpenCLIPViT", "VisionTower", "build_open_clip_model", "build_open_clip_tokenizer",
+    "build_open_clip_vit_backbone", "default_tap_indices", "get_vit", "pixel_stats",
+]

@@ -1,0 +1,247 @@
+"""CLIP / EVA-CLIP vision transformers (open_clip) as Detectron2 backbones.
+
+Two ways to get a multi-scale pyramid out of a plain ViT, both used by the papers VLT follows:
+
+- ``"taps"``: the outputs of four blocks (e.g. EVA02-L blocks 7/11/15/23) resized by ×4, ×2, ×1, ×0.5 — official
+  Rein (bilinear resizing) and the BEiT/EVA segmentation backbones (``"deconv"``: transposed convolutions and
+  max-pooling), giving ``res2``–``res5`` at strides 4/8/16/32 with the tower's width.
+- ``"pyramid"``: ViTDet's simple feature pyramid from the last block (Li et al. 2022, §3), Detectron2's own
+  :class:`~detectron2.modeling.backbone.vit.SimpleFeaturePyramid` on top of :class:`OpenCLIPViT`, giving
+  ``p2``–``p6``.
+
+The block loop is VLT's, so adapters hook in without touching this file: after block ``i`` every registered hook
+is called as ``tokens = hook(i, tokens, grid_hw)`` (Rein refines tokens after every block; FAMix restyles them at
+a tap while training).
+"""
+import logging
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import ShapeSpec, get_norm
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .open_clip_loader import build_open_clip_model, pixel_stats
+from .vision_tower import VisionTower
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "OpenCLIPSimpleFeaturePyramid", "OpenCLIPViT", "build_open_clip_vit_backbone", "default_tap_indices", "get_vit",
+]
+
+
+def default_tap_indices(depth: int) -> List[int]:
+    """Four evenly spaced blocks ending at the last (24 blocks -> 5, 11, 17, 23; 12 -> 2, 5, 8, 11)."""
+    step = depth // 4
+    return [depth - 1 - step * k for k in (3, 2, 1, 0)]
+
+
+class _TapResampler(nn.Module):
+    """Resizes one tapped [B, C, h, w] map by a fixed factor (×4, ×2, ×1 or ×0.5)."""
+
+    def __init__(self, scale: float, channels: int, mode: str, norm: str):
+        super().__init__()
+        self.scale, self.mode = scale, mode
+        if mode == "interpolate" or scale == 1.0:
+            self.layers = nn.Identity()
+        elif mode == "deconv":
+            if scale == 4.0:
+                self.layers = nn.Sequential(
+                    nn.ConvTranspose2d(channels, channels, 2, stride=2), get_norm(norm, channels), nn.GELU(),
+                    nn.ConvTranspose2d(channels, channels, 2, stride=2),
+                )
+            elif scale == 2.0:
+                self.layers = nn.ConvTranspose2d(channels, channels, 2, stride=2)
+            elif scale == 0.5:
+                self.layers = nn.MaxPool2d(2, stride=2)
+            else:
+                raise ValueError(f"deconv resampling supports scales 4, 2, 1, 0.5; got {scale}")
+        else:
+            raise ValueError(f"cfg.MODEL.OPEN_CLIP.TAPS_RESAMPLE must be 'interpolate' or 'deconv', got '{mode}'")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "interpolate" and self.scale != 1.0:
+            return F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return self.layers(x)
+
+
+class OpenCLIPViT(Backbone):
+    """An open_clip ViT / EVA02 tower as a D2 backbone, with VLT's own block loop and block hooks.
+
+    Outputs ``res2``–``res5`` from four tapped blocks (``taps``), or ``last_feat`` (stride = patch size) from the
+    last block for :class:`SimpleFeaturePyramid`.
+    """
+
+    def __init__(
+        self,
+        tower: VisionTower,
+        out_indices: Sequence[int] = (),
+        out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
+        taps_resample: str = "interpolate",
+        taps_norm: str = "SyncBN",
+        drop_path_rate: float = 0.0,
+        frozen_blocks: int = 0,
+        grad_checkpointing: bool = False,
+        pixel_mean: Sequence[float] = (),
+        pixel_std: Sequence[float] = (),
+    ):
+        super().__init__()
+        self.tower = tower
+        self.depth, self.width, self.patch_size = tower.depth, tower.width, tower.patch_size
+        self.num_prefix_tokens = tower.num_prefix_tokens
+        self.grad_checkpointing = grad_checkpointing
+        self.pixel_mean, self.pixel_std = tuple(pixel_mean), tuple(pixel_std)
+        self.block_hooks = nn.ModuleList()
+        tower.set_drop_path(drop_path_rate)
+
+        self._out_features = list(out_features)
+        if self._out_features == ["last_feat"]:
+            self.out_indices = [self.depth - 1]
+            self._out_feature_strides = {"last_feat": self.patch_size}
+            self._out_feature_channels = {"last_feat": self.width}
+            self.resamplers = None
+        else:
+            self.out_indices = list(out_indices) or default_tap_indices(self.depth)
+            if len(self.out_indices) != 4 or len(self._out_features) != 4:
+                raise ValueError(
+                    f"'taps' mode needs 4 block indices and 4 output names (res2..res5), got "
+                    f"OUT_INDICES={self.out_indices}, OUT_FEATURES={self._out_features}"
+                )
+            bad = [i for i in self.out_indices if not 0 <= i < self.depth]
+            if bad:
+                raise ValueError(f"OUT_INDICES {bad} outside the tower's {self.depth} blocks (0-based)")
+            scales = (4.0, 2.0, 1.0, 0.5)
+            self.resamplers = nn.ModuleList(
+                _TapResampler(s, self.width, taps_resample, taps_norm) for s in scales
+            )
+            # Strides in pixels; exact (4/8/16/32) for patch 16, fractional patch/4... for patch 14 (rounded).
+            self._out_feature_strides = {
+                name: max(1, round(self.patch_size / s)) for name, s in zip(self._out_features, scales)
+            }
+            self._out_feature_channels = {name: self.width for name in self._out_features}
+        self.freeze(frozen_blocks)
+
+    # ----------------------------------------------------------------------------------------------------- #
+    def add_block_hook(self, hook: nn.Module) -> None:
+        """Register ``hook``: after block i, ``tokens = hook(i, tokens, grid_hw)``."""
+        self.block_hooks.append(hook)
+
+    def freeze(self, frozen_blocks: int) -> None:
+        """Freeze the embeddings and the first ``frozen_blocks`` blocks (-1: the whole tower)."""
+        if frozen_blocks == 0:
+            return
+        n = self.depth if frozen_blocks < 0 else frozen_blocks
+        for name, layer_id in self.tower.block_indices_of_parameters():
+            if layer_id <= n:
+                self.tower.net.get_parameter(name).requires_grad_(False)
+
+    @property
+    def size_divisibility(self) -> int:
+        # The ×0.5 level needs an even patch grid.
+        return self.patch_size * (2 if self.resamplers is not None else 1)
+
+    # ----------------------------------------------------------------------------------------------------- #
+    def forward_tokens(self, images: torch.Tensor) -> Tuple[List[torch.Tensor], Tuple[int, int]]:
+        """Run the tower; returns the tapped blocks' tokens [B, P + h*w, C] and the grid (h, w)."""
+        x, grid, rope = self.tower.embed(images)
+        taps = []
+        for i in range(self.depth):
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(self.tower.run_block, i, x, rope, use_reentrant=False)
+            else:
+                x = self.tower.run_block(i, x, rope)
+            for hook in self.block_hooks:
+                x = hook(i, x, grid)
+            if i in self.out_indices:
+                taps.append(x)
+        return taps, grid
+
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """images: normalized [B, 3, H, W], H and W multiples of ``size_divisibility``."""
+        h_in, w_in = images.shape[-2:]
+        if h_in % self.patch_size or w_in % self.patch_size:
+            raise ValueError(
+                f"Input size {h_in}x{w_in} is not a multiple of the patch size {self.patch_size}: pad the images "
+                f"to backbone.size_divisibility ({self.size_divisibility})."
+            )
+        taps, (h, w) = self.forward_tokens(images)
+        maps = [t[:, self.num_prefix_tokens:].transpose(1, 2).reshape(t.shape[0], self.width, h, w) for t in taps]
+        if self.resamplers is None:
+            return {"last_feat": maps[-1]}
+        return {name: r(m) for name, r, m in zip(self._out_features, self.resamplers, maps)}
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return {
+            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
+            for name in self._out_features
+        }
+
+
+class OpenCLIPSimpleFeaturePyramid(SimpleFeaturePyramid):
+    """D2's ViTDet simple feature pyramid over an :class:`OpenCLIPViT` (p2–p6 from the last block)."""
+
+    def __init__(self, net: OpenCLIPViT, out_channels: int, norm: str, square_pad: int = 0):
+        super().__init__(
+            net, in_feature="last_feat", out_channels=out_channels, scale_factors=(4.0, 2.0, 1.0, 0.5),
+            top_block=LastLevelMaxPool(), norm=norm, square_pad=square_pad,
+        )
+        # An even patch grid keeps every level exact (the ×0.5 level max-pools by 2).
+        self._size_divisibility = net.patch_size * 2
+        self.pixel_mean, self.pixel_std = net.pixel_mean, net.pixel_std
+
+    @property
+    def size_divisibility(self) -> int:
+        return self._size_divisibility
+
+
+def get_vit(backbone: nn.Module) -> OpenCLIPViT:
+    """The :class:`OpenCLIPViT` inside a backbone (itself, or the ``net`` of a simple feature pyramid)."""
+    if isinstance(backbone, OpenCLIPViT):
+        return backbone
+    net = getattr(backbone, "net", None)
+    if isinstance(net, OpenCLIPViT):
+        return net
+    raise TypeError(f"{type(backbone).__name__} holds no OpenCLIPViT tower (cfg.MODEL.BACKBONE.NAME)")
+
+
+@BACKBONE_REGISTRY.register()
+def build_open_clip_vit_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
+    """Build the open_clip ViT / EVA02 backbone from ``cfg.MODEL.OPEN_CLIP``.
+
+    ``cfg.MODEL.BACKBONE.NAME = "build_open_clip_vit_backbone"`` (D2's naming, as ``build_resnet_backbone``).
+    """
+    oc = cfg.MODEL.OPEN_CLIP
+    visual = build_open_clip_model(oc.MODEL_NAME, oc.PRETRAINED, oc.CACHE_DIR, keep_text_tower=False)
+    tower = VisionTower(visual, patch_size=oc.PATCH_SIZE)
+    if oc.PIXEL_STATS_FROM_MODEL:
+        mean, std = pixel_stats(oc.MODEL_NAME)
+    else:
+        mean, std = cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD
+    common = dict(
+        drop_path_rate=oc.DROP_PATH_RATE, frozen_blocks=oc.FROZEN_BLOCKS, grad_checkpointing=oc.GRAD_CHECKPOINTING,
+        pixel_mean=mean, pixel_std=std,
+    )
+    if oc.OUT_MODE == "taps":
+        backbone = OpenCLIPViT(
+            tower, out_indices=oc.OUT_INDICES, out_features=oc.OUT_FEATURES, taps_resample=oc.TAPS_RESAMPLE,
+            taps_norm=oc.TAPS_NORM, **common,
+        )
+    elif oc.OUT_MODE == "pyramid":
+        vit = OpenCLIPViT(tower, out_features=["last_feat"], **common)
+        backbone = OpenCLIPSimpleFeaturePyramid(
+            vit, out_channels=oc.PYRAMID_CHANNELS, norm=oc.PYRAMID_NORM, square_pad=oc.PYRAMID_SQUARE_PAD
+        )
+    else:
+        raise ValueError(f"cfg.MODEL.OPEN_CLIP.OUT_MODE must be 'taps' or 'pyramid', got '{oc.OUT_MODE}'")
+    n_total = sum(p.numel() for p in backbone.parameters())
+    n_train = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
+    logger.info(
+        "Backbone %s (%s, patch %d, %d blocks, width %d): %.2fM parameters, %.2fM trainable",
+        oc.MODEL_NAME, oc.OUT_MODE, tower.patch_size, tower.depth, tower.width, n_total / 1e6, n_train / 1e6,
+    )
+    return backbone
