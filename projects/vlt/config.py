@@ -76,13 +76,19 @@ def _add_solver_config(cfg):
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     # Layer-wise LR decay over the tower blocks (ViTDet style); 1.0 = off.
     cfg.SOLVER.LAYER_DECAY = 1.0
+    # Adam betas.
+    cfg.SOLVER.BETAS = (0.9, 0.999)
+    # Parameters whose full name contains one of these substrings get no weight decay (e.g. Rein tokens,
+    # Mask2Former query / level embeddings).
+    cfg.SOLVER.NO_WEIGHT_DECAY_KEYWORDS = []
     # Weight decay of position / class embeddings (0 by default, as in timm and Mask2Former).
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
     # Poly schedule power (LR_SCHEDULER_NAME "WarmupPolyLR").
     cfg.SOLVER.POLY_LR_POWER = 0.9
     # Poly schedule floor: the LR never falls under BASE_LR × this.
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
-    # Mixed precision dtype when SOLVER.AMP.ENABLED: "bfloat16" (where supported) or "float16" (with a scaler).
+    # Mixed precision dtype when SOLVER.AMP.ENABLED: "bfloat16" (where supported) or "float16" (with a
+    # gradient scaler).
     cfg.SOLVER.AMP.DTYPE = "bfloat16"
 
 

@@ -136,9 +136,9 @@ class OpenCLIPViT(Backbone):
         if frozen_blocks == 0:
             return
         n = self.depth if frozen_blocks < 0 else frozen_blocks
-        for name, layer_id in self.tower.block_indices_of_parameters():
+        for name, layer_id in self.tower.layer_ids_of_parameters():
             if layer_id <= n:
-                self.tower.net.get_parameter(name).requires_grad_(False)
+                self.tower.get_parameter(name).requires_grad_(False)
 
     @property
     def size_divisibility(self) -> int:

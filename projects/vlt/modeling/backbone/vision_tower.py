@@ -25,6 +25,8 @@ def _drop_path_on_output(drop_path: nn.Module):
 class VisionTower(nn.Module):
     """An open_clip ViT / EVA02 vision tower with a block-by-block interface.
 
+    ``is_pretrained_tower`` marks it for the solver (backbone LR multiplier, layer-wise LR decay).
+
     Args:
         visual: ``model.visual`` of an open_clip CLIP model (``VisionTransformer`` or ``TimmModel`` with an
             ``Eva`` trunk). Its pooling head (``ln_post``/``proj``, timm ``norm``/``head``) is dropped: dense
@@ -33,6 +35,8 @@ class VisionTower(nn.Module):
             (FlexiViT pseudo-inverse resampling, timm ``resample_patch_embed``), as official Rein does for
             patch-14 towers.
     """
+
+    is_pretrained_tower = True
 
     def __init__(self, visual: nn.Module, patch_size: int = 0):
         super().__init__()
@@ -71,7 +75,6 @@ class VisionTower(nn.Module):
         self.native_patch_size = native
         if patch_size and patch_size != native:
             self._convert_patch_size(patch_size)
-        self.patch_size = self.patch_embed_conv.kernel_size[0]
         self._drop_path_hooks = []
         self._pos_cache: Dict[Tuple, torch.Tensor] = {}
         self._rope_cache: Dict[Tuple, torch.Tensor] = {}
@@ -84,6 +87,10 @@ class VisionTower(nn.Module):
     @property
     def patch_embed_conv(self) -> nn.Conv2d:
         return self.net.conv1 if self.kind == "openclip_vit" else self.net.patch_embed.proj
+
+    @property
+    def patch_size(self) -> int:
+        return self.patch_embed_conv.kernel_size[0]
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -191,11 +198,11 @@ class VisionTower(nn.Module):
             return block(x, rope=rope)
         return block(x)
 
-    def block_indices_of_parameters(self) -> List[Tuple[str, int]]:
-        """(parameter name, layer id) for every tower parameter: 0 = embeddings, i + 1 = block i."""
-        block_prefix = "transformer.resblocks." if self.kind == "openclip_vit" else "blocks."
+    def layer_ids_of_parameters(self) -> List[Tuple[str, int]]:
+        """(parameter name, layer id) for every tower parameter: 0 = embeddings, i + 1 = block i (ViTDet's ids)."""
+        block_prefix = "visual.transformer.resblocks." if self.kind == "openclip_vit" else "visual.trunk.blocks."
         ids = []
-        for name, _ in self.net.named_parameters():
+        for name, _ in self.named_parameters():
             if name.startswith(block_prefix):
                 ids.append((name, int(name[len(block_prefix):].split(".")[0]) + 1))
             else:
