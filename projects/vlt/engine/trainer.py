@@ -1,0 +1,151 @@
+"""VLT's Trainer: Detectron2's DefaultTrainer with VLT's data, evaluation, optimizer, AMP and resume behaviour."""
+import logging
+import os
+from collections import OrderedDict
+from typing import Dict, Optional
+
+import torch
+from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
+from detectron2.evaluation import DatasetEvaluators
+from detectron2.utils import comm
+
+from ..solver import build_lr_scheduler, build_optimizer, trainable_parameter_report
+from .sampler import resumable_sampler
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Trainer"]
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_train_mapper(cfg):
+    """The training mapper named by ``cfg.INPUT.DATASET_MAPPER_NAME``."""
+    name = cfg.INPUT.DATASET_MAPPER_NAME
+    if name == "sem_seg":
+        from ..data import SemSegTrainMapper
+
+        return SemSegTrainMapper(cfg, is_train=True)
+    if name == "vltdet_lsj":
+        from ..modeling.det import build_det_train_mapper
+
+        return build_det_train_mapper(cfg)
+    raise ValueError(f"Unknown cfg.INPUT.DATASET_MAPPER_NAME '{name}' (expected 'sem_seg' or 'vltdet_lsj')")
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with: VLT param groups and schedules, bf16/fp16 AMP, a resumable data order, test loaders
+    and evaluators picked per dataset, and one multi-target results table for all test sets."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED and not torch.cuda.is_available():
+            logger.warning("SOLVER.AMP.ENABLED needs CUDA; training in fp32 on %s instead", cfg.MODEL.DEVICE)
+            self._trainer = SimpleTrainer(self._trainer.model, self._trainer.data_loader, self._trainer.optimizer)
+        elif cfg.SOLVER.AMP.ENABLED:
+            # D2 builds an fp16 AMPTrainer; honour SOLVER.AMP.DTYPE (bf16 needs no gradient scaler).
+            if cfg.SOLVER.AMP.DTYPE not in AMP_DTYPES:
+                raise ValueError(f"cfg.SOLVER.AMP.DTYPE must be one of {sorted(AMP_DTYPES)}: {cfg.SOLVER.AMP.DTYPE}")
+            dtype = AMP_DTYPES[cfg.SOLVER.AMP.DTYPE]
+            if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+                logger.warning("bfloat16 is not supported on this GPU; using float16 with a gradient scaler")
+                dtype = torch.float16
+            self._trainer = AMPTrainer(
+                self._trainer.model, self._trainer.data_loader, self._trainer.optimizer,
+                grad_scaler=torch.amp.GradScaler("cuda", enabled=dtype == torch.float16), precision=dtype,
+            )
+
+    # ------------------------------------------------------------------------------------------------- model
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        logger.info(trainable_parameter_report(model))
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+    # -------------------------------------------------------------------------------------------------- data
+    @classmethod
+    def build_train_loader(cls, cfg):
+        dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        sampler = resumable_sampler(len(dataset), cfg.SEED)
+        loader = build_detection_train_loader(
+            dataset, mapper=build_train_mapper(cfg), sampler=sampler, total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING, num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
+        loader.vlt_sampler = sampler
+        return loader
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "sem_seg")
+        if evaluator_type == "coco":
+            from ..modeling.det import build_det_test_loader
+
+            return build_det_test_loader(cfg, dataset_name)
+        from ..data import build_sem_seg_test_loader
+
+        return build_sem_seg_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        metadata = MetadataCatalog.get(dataset_name)
+        evaluator_type = metadata.get("evaluator_type", "sem_seg")
+        if evaluator_type == "coco":
+            from ..modeling.det import build_det_evaluator
+
+            return build_det_evaluator(cfg, dataset_name, output_folder)
+        from ..evaluation import SemSegMIoUEvaluator, SemSegSubmissionWriter
+
+        evaluators = []
+        if metadata.get("has_labels", True):
+            evaluators.append(SemSegMIoUEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+        if cfg.TEST.EXPORT.ENABLED:
+            evaluators.append(SemSegSubmissionWriter.from_config(cfg, dataset_name))
+        if not evaluators:
+            raise ValueError(
+                f"{dataset_name} has no labels: set TEST.EXPORT.ENABLED True to write a test-server submission"
+            )
+        return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None) -> Dict:
+        """Evaluate every test set, then print and save one table (a row per dataset) in OUTPUT_DIR."""
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process() and results:
+            from ..evaluation import write_multi_target_table
+
+            write_multi_target_table(
+                results if isinstance(results, OrderedDict) else OrderedDict(results), cfg.OUTPUT_DIR
+            )
+        return results
+
+    # ------------------------------------------------------------------------------------------------ resume
+    def state_dict(self):
+        state = super().state_dict()
+        sampler = getattr(self._trainer.data_loader, "vlt_sampler", None)
+        if sampler is not None:
+            state["data_sampler_seed"] = sampler.seed
+        return state
+
+    def load_state_dict(self, state_dict):
+        seed: Optional[int] = state_dict.pop("data_sampler_seed", None)
+        super().load_state_dict(state_dict)
+        sampler = getattr(self._trainer.data_loader, "vlt_sampler", None)
+        if seed is not None and sampler is not None:
+            sampler.set_seed(seed)
+
+    def train(self):
+        """Continue the data stream where the checkpoint left it (same batches as an uninterrupted run)."""
+        sampler = getattr(self._trainer.data_loader, "vlt_sampler", None)
+        if sampler is not None:
+            sampler.set_start(self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH)
+        return super().train()

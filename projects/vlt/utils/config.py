@@ -1,0 +1,26 @@
+"""Loading VLT configs: D2's config with every VLT key, a YAML (``_BASE_`` chain) and command-line overrides."""
+import os
+from typing import Sequence
+
+from detectron2.config import CfgNode, get_cfg
+
+from ..config import add_vlt_config
+
+
+def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True) -> CfgNode:
+    """A frozen config from ``config_file`` and ``KEY VALUE`` overrides; unknown keys fail, naming the file."""
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"Config file '{config_file}' does not exist")
+    cfg = get_cfg()
+    add_vlt_config(cfg)
+    try:
+        cfg.merge_from_file(config_file)
+    except KeyError as e:
+        raise KeyError(f"{config_file}: {e.args[0] if e.args else e} (not a Detectron2 or VLT config key)") from e
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as e:
+        raise type(e)(f"command-line override {list(opts)}: {e}") from e
+    if freeze:
+        cfg.freeze()
+    return cfg

@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""Run a VLT segmentation model on your own images or a video; write colour overlays and raw label PNGs.
+
+    python tools/demo.py --config-file configs/vltseg_cityscapes.yaml --input 'photos/*.jpg' --output out/ \
+        --opts MODEL.WEIGHTS model_final.pth TEST.MODE slide
+    python tools/demo.py --config-file configs/vltseg_cityscapes.yaml --video-input drive.mp4 --output out/ \
+        --opts MODEL.WEIGHTS model_final.pth
+
+Images: ``<output>/<name>_overlay.png`` (prediction blended over the image) and ``<name>_labels.png`` (train ids,
+uint8). Video: ``<output>/<name>_overlay.mp4``. An unreadable file is reported and skipped; the run goes on.
+"""
+import argparse
+import glob
+import logging
+import os
+import sys
+from typing import List
+
+import cv2
+import numpy as np
+import torch
+import tqdm
+from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+from vlt.utils.config import load_config
+
+logger = logging.getLogger("vlt.demo")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_inputs(patterns: List[str]) -> List[str]:
+    """Files named by globs, folders (their images, recursively) or paths, sorted, without duplicates."""
+    files = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            for root, _, names in os.walk(pattern):
+                files += [os.path.join(root, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+        else:
+            matches = glob.glob(os.path.expanduser(pattern))
+            if not matches:
+                logger.error("No file matches %s", pattern)
+            files += matches
+    return sorted(set(files))
+
+
+class SemanticSegmentationDemo:
+    """A D2 predictor plus a visualizer using the classes and colours of the config's first test set."""
+
+    def __init__(self, cfg, opacity: float = 0.5):
+        self.predictor = DefaultPredictor(cfg)
+        name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "cityscapes_fine_val"
+        self.metadata = MetadataCatalog.get(name)
+        self.opacity = opacity
+
+    def labels(self, image_bgr: np.ndarray) -> np.ndarray:
+        scores = self.predictor(image_bgr)["sem_seg"]
+        return scores.argmax(dim=0).to(torch.uint8).cpu().numpy()
+
+    def overlay(self, image_bgr: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        visualizer = Visualizer(image_bgr[:, :, ::-1], self.metadata, instance_mode=ColorMode.IMAGE)
+        drawn = visualizer.draw_sem_seg(labels, alpha=self.opacity)
+        return drawn.get_image()[:, :, ::-1]
+
+
+def run_images(demo: SemanticSegmentationDemo, files: List[str], output: str) -> int:
+    failures = 0
+    for path in tqdm.tqdm(files, desc="images", disable=not sys.stderr.isatty()):
+        try:
+            image = read_image(path, format="BGR")
+        except Exception as e:  # PIL raises several types for unreadable / truncated files
+            logger.error("Skipping %s: cannot read it as an image (%s: %s)", path, type(e).__name__, e)
+            failures += 1
+            continue
+        labels = demo.labels(image)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        cv2.imwrite(os.path.join(output, f"{stem}_labels.png"), labels)
+        cv2.imwrite(os.path.join(output, f"{stem}_overlay.png"), demo.overlay(image, labels))
+    logger.info("Wrote %d of %d images to %s", len(files) - failures, len(files), output)
+    return failures
+
+
+def run_video(demo: SemanticSegmentationDemo, path: str, output: str) -> int:
+    video = cv2.VideoCapture(path)
+    if not video.isOpened():
+        logger.error("Cannot open video %s", path)
+        return 1
+    fps = video.get(cv2.CAP_PROP_FPS) or 25.0
+    frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    target = os.path.join(output, os.path.splitext(os.path.basename(path))[0] + "_overlay.mp4")
+    writer = None
+    for _ in tqdm.tqdm(range(frames) if frames else iter(int, 1), desc="frames", disable=not sys.stderr.isatty()):
+        ok, frame = video.read()
+        if not ok:
+            break
+        blended = demo.overlay(frame, demo.labels(frame))
+        if writer is None:
+            height, width = blended.shape[:2]
+            writer = cv2.VideoWriter(target, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        writer.write(blended)
+    video.release()
+    if writer is None:
+        logger.error("Video %s has no readable frame", path)
+        return 1
+    writer.release()
+    logger.info("Wrote %s", target)
+    return 0
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", help="images: paths, globs or folders")
+    source.add_argument("--video-input", help="a video file")
+    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--opacity", type=float, default=0.5, help="overlay opacity")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logger(name="vlt")
+    cfg = load_config(args.config_file, args.opts)
+    os.makedirs(args.output, exist_ok=True)
+    demo = SemanticSegmentationDemo(cfg, args.opacity)
+    if args.video_input:
+        return run_video(demo, args.video_input, args.output)
+    files = list_inputs(args.input)
+    if not files:
+        logger.error("No input image found in %s", args.input)
+        return 1
+    failures = run_images(demo, files, args.output)
+    return 1 if failures == len(files) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Train or evaluate a VLT model (VLTSeg, Rein, FAMix, VLTDet) with Detectron2's launcher.
+
+    python tools/train_net.py --config-file configs/vltseg_gta.yaml --num-gpus 8
+    python tools/train_net.py --config-file configs/vltseg_cityscapes.yaml --eval-only MODEL.WEIGHTS model.pth
+    python tools/train_net.py --config-file configs/vltseg_cityscapes.yaml --resume     # after a kill
+"""
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, default_setup, launch
+
+from vlt.engine import Trainer
+from vlt.utils.config import load_config
+
+
+def setup(args):
+    cfg = load_config(args.config_file, args.opts)
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(
+        main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+        dist_url=args.dist_url, args=(args,),
+    )
