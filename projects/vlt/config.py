@@ -101,7 +101,81 @@ def _add_test_config(cfg):
 
 
 def _add_mask2former_config(cfg):
-    """Mask2Former head (modeling/seg/)."""
+    """Mask2Former head (modeling/seg/). Official key names (Mask2Former's add_maskformer2_config) with the
+    defaults of its Cityscapes semantic configs (configs/cityscapes/semantic-segmentation/maskformer2_R50_bs16_90k)."""
+    cfg.MODEL.MASK_FORMER = CN()
+    # Loss (criterion.py): auxiliary losses on every intermediate prediction.
+    cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = True
+    # Cross-entropy weight of the "no object" class (eos_coef).
+    cfg.MODEL.MASK_FORMER.NO_OBJECT_WEIGHT = 0.1
+    # Loss weights and matching costs: class CE, dice, mask BCE.
+    cfg.MODEL.MASK_FORMER.CLASS_WEIGHT = 2.0
+    cfg.MODEL.MASK_FORMER.DICE_WEIGHT = 5.0
+    cfg.MODEL.MASK_FORMER.MASK_WEIGHT = 5.0
+    # Attention heads of the transformer decoder (transformer_decoder.py); the deformable encoder's are
+    # SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS.
+    cfg.MODEL.MASK_FORMER.NHEADS = 8
+    # Dropout of the deformable encoder (the decoder layers use none, as the official code).
+    cfg.MODEL.MASK_FORMER.DROPOUT = 0.0
+    # FFN width of the decoder layers (the deformable encoder uses 1024, fixed as in the official code).
+    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048
+    # MaskFormer (v1) transformer-encoder layers; unused by Mask2Former, kept so official configs merge.
+    cfg.MODEL.MASK_FORMER.ENC_LAYERS = 0
+    # Decoder layers + 1 (the prediction from the learnable queries): 10 = 9 layers.
+    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 10
+    # Pre-LayerNorm instead of post-LayerNorm in the decoder layers.
+    cfg.MODEL.MASK_FORMER.PRE_NORM = False
+    # Query / decoder width.
+    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256
+    # Number of learnable queries.
+    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100
+    # What the decoder attends to; only "multi_scale_pixel_decoder" (Mask2Former) is implemented.
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "multi_scale_pixel_decoder"
+    # 1x1 projection of the pixel-decoder features even when CONVS_DIM == HIDDEN_DIM.
+    cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False
+    # Transformer decoder in TRANSFORMER_DECODER_REGISTRY.
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
+    # Pad images to a multiple of this (-1: the backbone's size_divisibility); read by the meta-architecture.
+    cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32
+    # Points per mask for matching and the mask losses (112 * 112).
+    cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 12544
+    # PointRend importance sampling of the loss points: oversampling k and importance ratio beta.
+    cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0
+    cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
+    # Inference (read by the meta-architecture): which outputs, thresholds of panoptic/instance inference,
+    # and whether to resize mask logits to the output size before combining them with the class scores.
+    cfg.MODEL.MASK_FORMER.TEST = CN()
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True
+    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
+    cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.8
+    cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.8
+    cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
+
+    # D2's own SEM_SEG_HEAD keys, with Mask2Former Cityscapes values instead of D2's SemSegFPNHead defaults.
+    cfg.MODEL.SEM_SEG_HEAD.NAME = "MaskFormerHead"
+    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 19
+    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 256
+    cfg.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 4
+    cfg.MODEL.SEM_SEG_HEAD.NORM = "GN"
+    # Keys Mask2Former adds to SEM_SEG_HEAD (pixel_decoder.py).
+    # Channels of the per-pixel mask features.
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
+    # Pixel decoder (registered in SEM_SEG_HEADS_REGISTRY, as in Mask2Former).
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
+    # Deformable encoder layers of the pixel decoder.
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 6
+    # Levels the deformable encoder attends over (strides 8, 16, 32).
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
+    # Sampling points per head and level, and heads, of the deformable encoder. (Official code declares these two
+    # keys but hard-codes 4 points and uses MASK_FORMER.NHEADS; with the defaults the result is the same.)
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+    # VLT: deformable-attention core: "auto" (fused CUDA op when installed and on GPU, else PyTorch grid_sample),
+    # "pytorch", or "fused" (error if the MultiScaleDeformableAttention extension is missing).
+    cfg.MODEL.SEM_SEG_HEAD.DEFORM_ATTN_IMPL = "auto"
 
 
 def _add_rein_config(cfg):
