@@ -1,1 +1,2 @@
-"""VLT modeling/meta_arch."""
+"""Meta-architectures: the segmentors and their model-agnostic inference (whole image, sliding window, TTA)."""
+from .vltseg import VLTSegmentor  # noqa: F401
