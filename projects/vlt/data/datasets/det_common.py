@@ -1,0 +1,175 @@
+"""Shared pieces of VLTDet's detection datasets: root folder, registration, loaders of instance-label layouts.
+
+Registration reads no file: :func:`register_det_dataset` puts a loader in Detectron2's ``DatasetCatalog`` that
+runs when the dataset is first used, and fails then with the missing path and the README section to read.
+Dataset dicts are Detectron2's standard ones: ``file_name, height, width, image_id, annotations`` with
+``XYXY_ABS`` boxes and ``category_id`` in the dataset's ``thing_classes`` (VLTDet's eight Cityscapes things, or
+``["car"]`` for the Sim10k benchmark).
+"""
+import glob
+import json
+import logging
+import os
+from multiprocessing import Pool
+from typing import Callable, List, Mapping, Sequence, Tuple
+
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+from PIL import Image
+
+from ..instance_boxes import (
+    CAR_CLASSES,
+    CITYSCAPES_LABEL_ID_TO_THING,
+    THING_CLASSES,
+    THING_COLORS,
+    instances_from_cityscapes_ids,
+    restrict_to_classes,
+)
+
+__all__ = [
+    "README", "datasets_root", "register_det_dataset", "require_dir", "load_label_files", "read_cityscapes_ids",
+    "annotations_from_cityscapes_ids_file", "cityscapes_style_pairs", "car_only", "load_coco_by_name",
+]
+
+logger = logging.getLogger(__name__)
+
+README = "datasets/README_detection.md"
+# Car index in THING_CLASSES -> 0: the Sim10k -> Cityscapes benchmark evaluates the car class only.
+CAR_FROM_THINGS = {THING_CLASSES.index("car"): 0}
+
+
+def datasets_root() -> str:
+    """Detectron2's dataset root: $DETECTRON2_DATASETS, else ./datasets."""
+    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
+def require_dir(path: str, dataset: str, section: str) -> str:
+    """``path`` if it is a folder; else a FileNotFoundError naming the dataset and the README section."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"{dataset}: folder '{path}' not found. Set DETECTRON2_DATASETS to the folder holding the datasets and "
+            f"lay it out as in {README}, section '{section}'."
+        )
+    return path
+
+
+def register_det_dataset(name: str, loader: Callable[[], List[dict]], car_only: bool = False, **metadata) -> None:
+    """Register a detection dataset (lazy ``loader``) with COCO evaluation and the VLTDet class set."""
+    classes, colors = (CAR_CLASSES, [THING_COLORS[THING_CLASSES.index("car")]]) if car_only else (
+        THING_CLASSES, THING_COLORS
+    )
+    DatasetCatalog.register(name, loader)
+    MetadataCatalog.get(name).set(
+        thing_classes=list(classes), thing_colors=list(colors), evaluator_type="coco", **metadata
+    )
+
+
+def car_only(dicts: List[dict]) -> List[dict]:
+    """The same images with only their car boxes (category 0 of ``CAR_CLASSES``)."""
+    return [{**d, "annotations": restrict_to_classes(d["annotations"], CAR_FROM_THINGS)} for d in dicts]
+
+
+# ------------------------------------------------------------------------------------ instance-label layouts
+def read_cityscapes_ids(ids_file: str) -> np.ndarray:
+    """A Cityscapes-encoded instance id PNG as [H, W] int array (single channel expected)."""
+    with Image.open(ids_file) as img:
+        ids = np.asarray(img)
+    if ids.ndim != 2:
+        raise ValueError(f"{ids_file}: expected a single-channel Cityscapes instance id PNG, got shape {ids.shape}")
+    return ids
+
+
+def annotations_from_cityscapes_ids_file(files: Tuple[str, ...], with_masks: bool) -> Tuple[int, int, List[dict]]:
+    """(height, width, annotations) of one ``*_instanceIds.png`` (``files`` = (ids file,))."""
+    ids = read_cityscapes_ids(files[0])
+    return ids.shape[0], ids.shape[1], instances_from_cityscapes_ids(ids, CITYSCAPES_LABEL_ID_TO_THING, with_masks)
+
+
+def _load_one(args) -> dict:
+    image_file, label_files, read_annotations, with_masks = args
+    height, width, annotations = read_annotations(label_files, with_masks)
+    return {"file_name": image_file, "height": int(height), "width": int(width), "annotations": annotations}
+
+
+def load_label_files(
+    items: Sequence[Tuple[str, Tuple[str, ...]]],
+    read_annotations: Callable[[Tuple[str, ...], bool], Tuple[int, int, List[dict]]] = (
+        annotations_from_cityscapes_ids_file
+    ),
+    with_masks: bool = True,
+    workers: int = 0,
+) -> List[dict]:
+    """Dataset dicts from (image file, label files) items; ``image_id`` = image file stem.
+
+    ``read_annotations(label_files, with_masks) -> (height, width, annotations)`` reads one image's labels (a
+    module-level function: large datasets are read by a process pool, ``workers`` 0 = up to 8 processes for
+    more than 64 images).
+    """
+    args = [(image, tuple(files), read_annotations, with_masks) for image, files in items]
+    if workers == 0:
+        workers = min(8, os.cpu_count() or 1) if len(args) > 64 else 1
+    if workers > 1:
+        with Pool(workers) as pool:
+            dicts = pool.map(_load_one, args, chunksize=16)
+    else:
+        dicts = [_load_one(a) for a in args]
+    for d in dicts:
+        d["image_id"] = os.path.splitext(os.path.basename(d["file_name"]))[0]
+    return dicts
+
+
+def cityscapes_style_pairs(
+    image_dir: str, gt_dir: str, image_suffix: str, ids_suffix: str
+) -> List[Tuple[str, Tuple[str]]]:
+    """(image, instance ids) pairs of a Cityscapes layout: ``<image_dir>/<city>/<stem><image_suffix>`` and
+    ``<gt_dir>/<city>/<stem><ids_suffix>``; a missing label file is an error naming it."""
+    images = sorted(glob.glob(os.path.join(image_dir, "*", "*" + image_suffix)))
+    if not images:
+        raise FileNotFoundError(f"No '*{image_suffix}' images under '{image_dir}/<city>/' (see {README})")
+    pairs = []
+    for image in images:
+        city = os.path.basename(os.path.dirname(image))
+        stem = os.path.basename(image)[: -len(image_suffix)]
+        ids = os.path.join(gt_dir, city, stem + ids_suffix)
+        if not os.path.isfile(ids):
+            raise FileNotFoundError(f"Instance labels '{ids}' of image '{image}' not found (see {README})")
+        pairs.append((image, (ids,)))
+    return pairs
+
+
+
+def load_coco_by_name(
+    json_file: str, image_root: str, name_to_category: Mapping[str, int], dataset: str, section: str
+) -> List[dict]:
+    """Dataset dicts from a COCO instances JSON whose categories are mapped by *name* (e.g. ACDC's
+    ``instancesonly_*_gt_detection.json`` with Cityscapes names); unmapped categories are dropped."""
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(f"{dataset}: annotation file '{json_file}' not found (see {README}, '{section}')")
+    with open(json_file) as f:
+        coco = json.load(f)
+    categories = {c["id"]: name_to_category.get(c["name"].strip().lower()) for c in coco["categories"]}
+    by_image: dict = {img["id"]: [] for img in coco["images"]}
+    for a in coco["annotations"]:
+        category = categories.get(a["category_id"])
+        if category is None:
+            continue
+        annotation = {
+            "bbox": list(map(float, a["bbox"])), "bbox_mode": BoxMode.XYWH_ABS, "category_id": category,
+            "iscrowd": int(a.get("iscrowd", 0)),
+        }
+        if a.get("segmentation"):
+            annotation["segmentation"] = a["segmentation"]
+        by_image[a["image_id"]].append(annotation)
+    dicts = [
+        {
+            "file_name": os.path.join(image_root, img["file_name"]), "height": int(img["height"]),
+            "width": int(img["width"]), "image_id": img["id"], "annotations": by_image[img["id"]],
+        }
+        for img in coco["images"]
+    ]
+    if dicts and not os.path.isfile(dicts[0]["file_name"]):
+        raise FileNotFoundError(
+            f"{dataset}: image '{dicts[0]['file_name']}' of '{json_file}' not found (see {README}, '{section}')"
+        )
+    return dicts

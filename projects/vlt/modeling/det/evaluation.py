@@ -1,0 +1,128 @@
+"""VLTDet evaluation: Detectron2's COCO evaluator per target, and one table over all targets.
+
+Every test set is scored by :class:`~detectron2.evaluation.COCOEvaluator` (official pycocotools COCOeval by default:
+no compiled ops needed), which also writes the detections as COCO JSON (``coco_instances_results.json``) in the
+dataset's output folder. The table has a row per target (AP, AP50, AP75, APs, APm, APl and the AP of each class,
+COCO AP in %), a "mean over targets" row, and a summary line with AP and AP50 per target, as the segmentation
+side's table (:mod:`vlt.evaluation.multi_target`) does for mIoU; saved as ``det_multi_target.{json,csv}`` and
+``det_multi_target_summary.csv``.
+"""
+import json
+import logging
+import math
+import os
+from collections import OrderedDict
+from typing import Dict, Mapping, Optional, Sequence
+
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils.file_io import PathManager
+from tabulate import tabulate
+
+from ...evaluation.multi_target import _write_csv
+from ...evaluation.sem_seg_evaluation import json_safe
+
+__all__ = ["DET_METRICS", "build_det_evaluator", "det_multi_target_table", "write_det_multi_target_table"]
+
+logger = logging.getLogger(__name__)
+
+DET_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+MEAN_ROW = "mean over targets"
+
+
+def build_det_evaluator(cfg, dataset_name: str, output_dir: Optional[str] = None) -> COCOEvaluator:
+    """COCO box (and mask, with MODEL.MASK_ON) evaluator of one registered detection dataset.
+
+    The ground truth is converted from the dataset dicts on every run (no stale cache next to the results).
+    """
+    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+    return COCOEvaluator(
+        dataset_name, tasks=tasks, distributed=True, output_dir=output_dir,
+        max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE, use_fast_impl=cfg.MODEL.VLTDET.EVAL_FAST_IMPL,
+        allow_cached_coco=False,
+    )
+
+
+def _nanmean(values: Sequence[Optional[float]]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _is_det_metrics(value) -> bool:
+    return isinstance(value, Mapping) and "AP" in value and "AP50" in value
+
+
+def det_multi_target_table(
+    results: Mapping[str, Mapping], task: str = "bbox", dataset_names: Optional[Sequence[str]] = None
+) -> Dict:
+    """Rows of the detection table from ``{dataset: {"bbox": {AP, AP50, ..., "AP-<class>"}}}``.
+
+    ``results`` may also be one dataset's results (``{"bbox": metrics}``); its row is named ``dataset_names[0]``.
+    Datasets without ``task`` results (segmentation sets) are left out.
+
+    Returns:
+        {"classes": [...], "rows": [{"name", "metrics": {AP, ...}, "AP": {class: value}}], "mean": row or None,
+         "summary": {"AP": {dataset: AP, "mean": value}, "AP50": {...}}}
+    """
+    if _is_det_metrics(results.get(task)):
+        results = OrderedDict([(dataset_names[0] if dataset_names else "test", results)])
+    classes, rows = [], []
+    for dataset, dataset_results in results.items():
+        metrics = dataset_results.get(task) if isinstance(dataset_results, Mapping) else None
+        if not _is_det_metrics(metrics):
+            logger.info(f"detection table: no {task} results for {dataset}, left out")
+            continue
+        per_class = OrderedDict((k[len("AP-"):], float(v)) for k, v in metrics.items() if k.startswith("AP-"))
+        classes += [c for c in per_class if c not in classes]
+        rows.append({
+            "name": dataset,
+            "metrics": OrderedDict((m, float(metrics.get(m, float("nan")))) for m in DET_METRICS),
+            "AP": per_class,
+        })
+    mean = None
+    if len(rows) > 1:
+        mean = {
+            "name": MEAN_ROW,
+            "metrics": OrderedDict((m, _nanmean([r["metrics"][m] for r in rows])) for m in DET_METRICS),
+            "AP": OrderedDict((c, _nanmean([r["AP"].get(c) for r in rows])) for c in classes),
+        }
+    summary = OrderedDict()
+    for metric in ("AP", "AP50"):
+        summary[metric] = OrderedDict((r["name"], r["metrics"][metric]) for r in rows)
+        summary[metric]["mean"] = _nanmean([r["metrics"][metric] for r in rows])
+    return {"classes": classes, "rows": rows, "mean": mean, "summary": summary}
+
+
+def write_det_multi_target_table(
+    results: Mapping[str, Mapping],
+    output_dir: str,
+    task: str = "bbox",
+    dataset_names: Optional[Sequence[str]] = None,
+    basename: str = "det_multi_target",
+) -> str:
+    """Log the detection table and save it as JSON + CSV in ``output_dir``; returns the printed text."""
+    table = det_multi_target_table(results, task, dataset_names)
+    if not table["rows"]:
+        logger.info(f"detection table: no {task} results")
+        return ""
+    classes = table["classes"]
+    header = ["dataset", *DET_METRICS] + [f"AP-{c}" for c in classes]
+    body = [
+        [r["name"], *r["metrics"].values()] + [r["AP"].get(c, float("nan")) for c in classes]
+        for r in table["rows"] + ([table["mean"]] if table["mean"] else [])
+    ]
+    summary_header = ["metric", *table["summary"]["AP"]]
+    summary_body = [[metric, *values.values()] for metric, values in table["summary"].items()]
+    text = (
+        tabulate(body, headers=header, floatfmt=".2f", tablefmt="pipe")
+        + "\n\n"
+        + tabulate(summary_body, headers=summary_header, floatfmt=".2f", tablefmt="pipe")
+    )
+    logger.info(f"Detection ({task}), all targets (COCO AP %):\n{text}")
+
+    PathManager.mkdirs(output_dir)
+    with PathManager.open(os.path.join(output_dir, f"{basename}.json"), "w") as f:
+        json.dump(json_safe(table), f, indent=1)
+    _write_csv(os.path.join(output_dir, f"{basename}.csv"), header, body)
+    _write_csv(os.path.join(output_dir, f"{basename}_summary.csv"), summary_header, summary_body)
+    return text
+
