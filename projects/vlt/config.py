@@ -98,6 +98,31 @@ def _add_data_config(cfg):
 
 def _add_test_config(cfg):
     """Inference modes and evaluation (evaluation/, meta_arch/)."""
+    # Inference (modeling/meta_arch/inference.py, read by the segmentation meta-architecture):
+    # "whole" = one pass over the image at the test resolution; "slide" = overlapping windows (mmseg slide mode).
+    cfg.TEST.MODE = "whole"
+    cfg.TEST.SLIDE = CN()
+    # Sliding window (h, w) and step (h, w); the last window of a row/column is aligned to the border.
+    # Rein (release): 512/341 (GTA), 1024/683 (Cityscapes -> ACDC); public VLTSeg reimpl.: 512/426, 1024/768.
+    cfg.TEST.SLIDE.CROP_SIZE = (512, 512)
+    cfg.TEST.SLIDE.STRIDE = (341, 341)
+    # Test-time augmentation: also predict the horizontally flipped image, and at these scales of the test
+    # resolution; softmax probabilities are averaged (mmseg aug_test). [1.0] + no flip = plain inference.
+    cfg.TEST.FLIP = False
+    cfg.TEST.SCALES = [1.0]
+    # Test-server export (evaluation/export.py, SemSegSubmissionWriter) on a test (or val) split.
+    cfg.TEST.EXPORT = CN()
+    # Write the submission files during evaluation (tools/train_net.py --eval-only on a test split).
+    cfg.TEST.EXPORT.ENABLED = False
+    # "cityscapes" (labelIds PNGs, one zip), "acdc" (labelTrainIds PNGs, one zip per condition + combined),
+    # or "auto" (dataset metadata `submission_format`, else the dataset name).
+    cfg.TEST.EXPORT.FORMAT = "auto"
+    # Output folder; "" = OUTPUT_DIR/submission/<dataset name>.
+    cfg.TEST.EXPORT.DIR = ""
+    # Also write colour visualisations (not part of the zip).
+    cfg.TEST.EXPORT.COLOR = False
+    # Pack the label PNGs into the zip(s) the server expects.
+    cfg.TEST.EXPORT.ZIP = True
 
 
 def _add_mask2former_config(cfg):
@@ -187,4 +212,19 @@ def _add_famix_config(cfg):
 
 
 def _add_det_config(cfg):
-    """VLTDet (modeling/det/)."""
+    """VLTDet (modeling/det/): ViTDet cascade on the tower's simple feature pyramid. The detector itself uses
+    Detectron2's own keys (MODEL.RPN, MODEL.ROI_HEADS, MODEL.ROI_BOX_HEAD, MODEL.ROI_BOX_CASCADE_HEAD, ...)."""
+    if "DATASET_MAPPER_NAME" not in cfg.INPUT:  # declared by _add_data_config; here only until it is
+        # Training mapper picked by VLT's Trainer: "sem_seg" (segmentation) or "vltdet_lsj" (VLTDet's LSJ mapper).
+        cfg.INPUT.DATASET_MAPPER_NAME = "sem_seg"
+    # Large-scale jitter (ViTDet, Li et al. 2022 §4; D2 projects/ViTDet coco_loader_lsj): flip, resize so the image
+    # fits IMAGE_SIZE × scale with scale ~ U(MIN_SCALE, MAX_SCALE), crop to at most IMAGE_SIZE × IMAGE_SIZE; the
+    # backbone pads to a square (MODEL.OPEN_CLIP.PYRAMID_SQUARE_PAD). Read by the "vltdet_lsj" train mapper.
+    cfg.INPUT.LSJ = CN()
+    cfg.INPUT.LSJ.IMAGE_SIZE = 1024
+    cfg.INPUT.LSJ.MIN_SCALE = 0.1
+    cfg.INPUT.LSJ.MAX_SCALE = 2.0
+    cfg.MODEL.VLTDET = CN()
+    # COCO evaluation (modeling/det/evaluation.py): COCO's official pure-Python COCOeval (False) or Detectron2's
+    # compiled fast implementation (True; needs detectron2's C++ extension, absent in a pure-Python install).
+    cfg.MODEL.VLTDET.EVAL_FAST_IMPL = False
