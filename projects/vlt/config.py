@@ -204,7 +204,20 @@ def _add_mask2former_config(cfg):
 
 
 def _add_rein_config(cfg):
-    """Rein adapter (modeling/adapters/rein.py)."""
+    """Rein adapter (modeling/adapters/rein.py; Wei et al., CVPR 2024; official release w1oves/Rein)."""
+    cfg.MODEL.REIN = CN()
+    # Wrap the tower with Rein: learnable tokens refine the features after every block; the whole tower is frozen
+    # (only Rein and the head train). Read by the segmentation meta-architecture.
+    cfg.MODEL.REIN.ENABLED = False
+    # Tokens per block, m (release: token_length=100).
+    cfg.MODEL.REIN.NUM_TOKENS = 100
+    # Low-rank tokens T_i = A_i x B_i of this rank r (release: LoRAReins, lora_dim=16); 0 = full m x C tokens.
+    cfg.MODEL.REIN.RANK = 16
+    # Initial value of the learnable output scale (release: scale_init=0.001); 0 makes Rein the identity at step 0.
+    cfg.MODEL.REIN.SCALE_INIT = 1e-3
+    # Token-query linking: the Mask2Former queries (positions, and features through a Linear, the release's
+    # replace_query_feat=True) come from the tokens of all blocks instead of the head's learnable embeddings.
+    cfg.MODEL.REIN.LINK_QUERIES = True
 
 
 def _add_famix_config(cfg):
