@@ -1,0 +1,174 @@
+"""Label conversions to the 19 Cityscapes train ids (GTA5, SYNTHIA, Mapillary Vistas) and a parallel, resumable
+file converter used by ``datasets/prepare_*.py``.
+
+Each conversion is a 256-entry ``uint8`` lookup table (source id -> train id, 255 = ignore), applied to a decoded
+label map in one indexing operation. Converted files are written next to (never over) the originals.
+"""
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .cityscapes_classes import CLASSES, IGNORE_LABEL, LABEL_ID_TO_TRAIN_ID
+
+__all__ = [
+    "GTA5_TO_TRAIN_ID",
+    "SYNTHIA_ID_TO_TRAIN_ID",
+    "MAPILLARY_19_BY_NAME",
+    "MAPILLARY_19_ROBUSTNET_BY_ID",
+    "lut_from_mapping",
+    "mapillary_class_names",
+    "mapillary_by_name_lut",
+    "mapillary_robustnet_lut",
+    "read_label_map",
+    "read_synthia_label",
+    "convert_label_file",
+    "convert_files",
+]
+
+# GTA5 (Richter et al. 2016) labels use the Cityscapes label ids.
+GTA5_TO_TRAIN_ID = LABEL_ID_TO_TRAIN_ID
+
+# SYNTHIA-RAND-CITYSCAPES class ids (GT/LABELS, first channel) -> train ids. SYNTHIA ids: 1 sky, 2 building, 3 road,
+# 4 sidewalk, 5 fence, 6 vegetation, 7 pole, 8 car, 9 traffic sign, 10 pedestrian, 11 bicycle, 12 motorcycle,
+# 13 parking slot, 14 road work, 15 traffic light, 16 terrain, 17 rider, 18 truck, 19 bus, 20 train, 21 wall,
+# 22 lane marking; 0, 13, 14, 22 are ignored (as the DG/UDA literature does).
+_SYNTHIA_TO_NAME = {
+    3: "road", 4: "sidewalk", 2: "building", 21: "wall", 5: "fence", 7: "pole", 15: "traffic light",
+    9: "traffic sign", 6: "vegetation", 16: "terrain", 1: "sky", 10: "person", 17: "rider", 8: "car", 18: "truck",
+    19: "bus", 20: "train", 12: "motorcycle", 11: "bicycle",
+}
+
+# Mapillary Vistas v1.2 -> 19 classes by class name (mmseg / Rein protocol), keyed by the "readable" names of the
+# dataset's config.json (matched case-insensitively).
+MAPILLARY_19_BY_NAME: Dict[str, str] = {
+    "road": "road", "crosswalk - plain": "road", "parking": "road", "bike lane": "road", "service lane": "road",
+    "lane marking - crosswalk": "road", "lane marking - general": "road",
+    "sidewalk": "sidewalk", "curb": "sidewalk", "pedestrian area": "sidewalk",
+    "building": "building", "wall": "wall", "fence": "fence",
+    "pole": "pole", "street light": "pole",
+    "traffic light": "traffic light",
+    "traffic sign (front)": "traffic sign", "traffic sign (back)": "traffic sign",
+    "vegetation": "vegetation", "terrain": "terrain", "sky": "sky", "person": "person",
+    "bicyclist": "rider", "motorcyclist": "rider", "other rider": "rider",
+    "car": "car", "truck": "truck", "bus": "bus", "on rails": "train", "motorcycle": "motorcycle",
+    "bicycle": "bicycle",
+}
+
+# Mapillary Vistas v1.2 ids -> 19 classes, RobustNet / FAMix protocol (RobustNet datasets/mapillary.py).
+MAPILLARY_19_ROBUSTNET_BY_ID: Dict[int, str] = {
+    13: "road", 24: "road", 41: "road", 2: "sidewalk", 15: "sidewalk", 17: "building", 6: "wall", 3: "fence",
+    45: "pole", 47: "pole", 48: "traffic light", 50: "traffic sign", 30: "vegetation", 29: "terrain", 27: "sky",
+    19: "person", 20: "rider", 21: "rider", 22: "rider", 55: "car", 61: "truck", 54: "bus", 58: "train",
+    57: "motorcycle", 52: "bicycle",
+}
+
+
+def lut_from_mapping(mapping: Mapping[int, str]) -> np.ndarray:
+    """Lookup table (256, uint8): source id -> train id of the class name it maps to; unmapped ids -> 255."""
+    lut = np.full(256, IGNORE_LABEL, dtype=np.uint8)
+    for source_id, name in mapping.items():
+        lut[source_id] = CLASSES.index(name)
+    return lut
+
+
+SYNTHIA_ID_TO_TRAIN_ID = lut_from_mapping(_SYNTHIA_TO_NAME)
+
+
+def mapillary_class_names(config_path: str) -> List[str]:
+    """Class names of a Mapillary Vistas ``config.json`` (index = label id), from each label's "readable" name."""
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(
+            f"Mapillary class list '{config_path}' not found: it ships in the dataset root of the official archive "
+            "(see datasets/README.md, 'Mapillary Vistas')"
+        )
+    with open(config_path) as f:
+        labels = json.load(f).get("labels")
+    if not labels or any("readable" not in label for label in labels):
+        raise ValueError(f"{config_path}: expected {{'labels': [{{'readable': <name>, ...}}, ...]}} (Mapillary v1.2)")
+    return [label["readable"] for label in labels]
+
+
+def mapillary_by_name_lut(config_path: str) -> np.ndarray:
+    """Mapillary id -> train id table of the by-name protocol (mmseg / Rein), with names read from config.json."""
+    names = [name.strip().lower() for name in mapillary_class_names(config_path)]
+    missing = sorted(set(MAPILLARY_19_BY_NAME) - set(names))
+    if missing:
+        raise ValueError(f"{config_path}: Mapillary v1.2 classes {missing} not found; is this the v1.2 config.json?")
+    mapping = {i: MAPILLARY_19_BY_NAME[name] for i, name in enumerate(names) if name in MAPILLARY_19_BY_NAME}
+    return lut_from_mapping(mapping)
+
+
+def mapillary_robustnet_lut() -> np.ndarray:
+    """Mapillary id -> train id table of the RobustNet / FAMix by-id protocol."""
+    return lut_from_mapping(MAPILLARY_19_ROBUSTNET_BY_ID)
+
+
+def read_label_map(path: str) -> np.ndarray:
+    """Decode a one-channel label PNG (grayscale, or palette indices) to uint8/uint16 [H, W]."""
+    labels = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if labels is None:
+        raise FileNotFoundError(f"Cannot read label image '{path}'")
+    if labels.ndim == 3:  # OpenCV expands palette PNGs to colours: read the indices with PIL instead
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L", "I", "I;16"):
+                raise ValueError(f"Label image '{path}' has {image.mode} pixels; expected one channel of class ids")
+            labels = np.asarray(image)
+    return labels
+
+
+def read_synthia_label(path: str) -> np.ndarray:
+    """SYNTHIA GT/LABELS PNG (16-bit, 3 channels; class id in the first) -> class ids [H, W]."""
+    labels = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if labels is None or labels.ndim != 3:
+        raise ValueError(f"'{path}': expected a 3-channel SYNTHIA label PNG (class id in the first channel)")
+    return labels[:, :, 2]  # OpenCV orders channels BGR: the file's first channel is the last here
+
+
+def convert_label_file(src: str, dst: str, lut: np.ndarray, reader: Callable[[str], np.ndarray] = read_label_map):
+    """Write ``lut[reader(src)]`` to ``dst`` as a grayscale uint8 PNG (atomically: temp file, then rename)."""
+    ids = reader(src)
+    if ids.max(initial=0) > 255:
+        raise ValueError(f"'{src}' has label ids up to {int(ids.max())}; expected ids < 256")
+    train_ids = lut[ids]
+    os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+    tmp = f"{dst}.tmp{os.getpid()}.png"
+    if not cv2.imwrite(tmp, train_ids):
+        raise OSError(f"Cannot write '{tmp}'")
+    os.replace(tmp, dst)
+
+
+def _convert_one(args: Tuple[str, str, np.ndarray, Callable]) -> None:
+    convert_label_file(*args)
+
+
+def convert_files(
+    pairs: Sequence[Tuple[str, str]],
+    lut: np.ndarray,
+    reader: Callable[[str], np.ndarray] = read_label_map,
+    workers: int = 0,
+    overwrite: bool = False,
+    desc: str = "labels",
+) -> Tuple[int, int]:
+    """Convert ``(src, dst)`` pairs in parallel with a progress bar; resumable: existing outputs are skipped
+    (unless ``overwrite``). Returns (converted, skipped)."""
+    from tqdm import tqdm
+
+    todo = [(src, dst) for src, dst in pairs if overwrite or not os.path.exists(dst)]
+    skipped = len(pairs) - len(todo)
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    jobs: Iterable = ((src, dst, lut, reader) for src, dst in todo)
+    with tqdm(total=len(todo), desc=desc, unit="file") as bar:
+        if workers == 1:
+            for job in jobs:
+                _convert_one(job)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                for _ in pool.map(_convert_one, jobs, chunksize=16):
+                    bar.update()
+    return len(todo), skipped
