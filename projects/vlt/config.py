@@ -93,7 +93,41 @@ def _add_solver_config(cfg):
 
 
 def _add_data_config(cfg):
-    """Datasets, mappers and augmentation (data/)."""
+    """Datasets, mappers and augmentation (data/semantic_mapper.py, data/transforms.py). D2's own INPUT keys keep
+    their meaning: INPUT.FORMAT, INPUT.RANDOM_FLIP ("horizontal" / "none"), INPUT.CROP.{ENABLED,TYPE,SIZE} (TYPE
+    must be "absolute", SIZE = (h, w)), and INPUT.{MIN_SIZE_TRAIN,MIN_SIZE_TRAIN_SAMPLING,MAX_SIZE_TRAIN} for
+    RESIZE_MODE "short_side" (Rein: 256..1024 step 32, "choice", 2048; Mask2Former: 512..2048, 4096)."""
+    # Training mapper picked by VLT's Trainer: "sem_seg" (segmentation) or "vltdet_lsj" (VLTDet's LSJ mapper).
+    cfg.INPUT.DATASET_MAPPER_NAME = "sem_seg"
+    # Models take RGB 0..255 (open_clip towers); D2's default is BGR.
+    cfg.INPUT.FORMAT = "RGB"
+    # Random resize: "ratio_range" (mmseg Resize(scale=RESIZE_BASE, ratio_range=RESIZE_RATIO_RANGE, keep_ratio)),
+    # "short_side" (short side from INPUT.MIN_SIZE_TRAIN, long side <= INPUT.MAX_SIZE_TRAIN), or "none".
+    cfg.INPUT.RESIZE_MODE = "ratio_range"
+    # (width, height) the ratio is applied to (mmseg DG recipes: (2048, 1024) Cityscapes, (1280, 720) GTA5).
+    cfg.INPUT.RESIZE_BASE = (2048, 1024)
+    cfg.INPUT.RESIZE_RATIO_RANGE = (0.5, 2.0)
+    # Random crop (mmseg crop 512x512 for GTA5 DG, 512x1024 / 1024x1024 for Cityscapes); smaller images are
+    # padded to this size with 0 / ignore 255.
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute"
+    cfg.INPUT.CROP.SIZE = (512, 512)
+    # mmseg cat_max_ratio: retry the crop (up to 10 times) while one class covers more than this fraction of its
+    # labelled pixels (mmseg DG recipes: 0.75; 1.0 = off, as Mask2Former).
+    cfg.INPUT.CROP.CAT_MAX_RATIO = 0.75
+    # mmseg PhotoMetricDistortion (brightness 32, contrast 0.5-1.5, saturation 0.5-1.5, hue 18), after the flip.
+    cfg.INPUT.PHOTOMETRIC_DISTORTION = True
+    # torchvision ColorJitter [brightness, contrast, saturation, hue]; [] = off. FAMix: [0.8, 0.8, 0.8, 0.0].
+    cfg.INPUT.COLOR_JITTER = []
+    # Pad training images / labels to a multiple of this (-1 = off; the model pads batches itself).
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+    # Test resolution (datasets/README.md, "Evaluation resolution"): a preset looked up per dataset — "rein"
+    # (Cityscapes 1024x512, BDD100K 1280x720, Mapillary 1024x512, ACDC 1920x1080), "robustnet" (native; Mapillary
+    # height 1536 + centre crop 1536x1536), "native" — or one protocol for all test sets: native, fit_<W>x<H>,
+    # short_<N>, height<N>_crop.
+    cfg.INPUT.TEST_RESOLUTION = "rein"
+    # Extra factor on the test resolution (FAMix release tests at 0.5 as well); the scale ensemble is TEST.SCALES.
+    cfg.INPUT.TEST_SCALE_FACTOR = 1.0
 
 
 def _add_test_config(cfg):
