@@ -23,6 +23,8 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_util
 from scipy import ndimage
 
+from .cityscapes_classes import IGNORE_LABEL, LABELS
+
 __all__ = [
     "THING_CLASSES",
     "THING_COLORS",
@@ -39,23 +41,19 @@ __all__ = [
     "restrict_to_classes",
 ]
 
-# VLTDet's class set: the Cityscapes "thing" classes evaluated by the Cityscapes instance benchmark, in label-id order.
-THING_CLASSES = ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
-# Cityscapes' label colours of those classes (cityscapesscripts.helpers.labels).
-THING_COLORS = [
-    (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
-]
+# VLTDet's class set: the Cityscapes "thing" classes evaluated by the Cityscapes instance benchmark (instances and a
+# train id; caravan and trailer have instances but no train id), in label-id order, with Cityscapes' colours.
+_THINGS = [label for label in LABELS if label.has_instances and label.train_id != IGNORE_LABEL]
+THING_CLASSES = [label.name for label in _THINGS]
+THING_COLORS = [tuple(label.color) for label in _THINGS]
 # Sim10k -> Cityscapes: the car class only (the classic benchmark reports AP50 on car).
 CAR_CLASSES = ["car"]
 
 # Cityscapes label ids (also Synscapes, UrbanSyn, ACDC, which use Cityscapes' label definition) -> thing index.
-# caravan (29) and trailer (30) have instances but are not evaluated by Cityscapes: not mapped (ignored).
-CITYSCAPES_LABEL_ID_TO_THING: Dict[int, int] = {24: 0, 25: 1, 26: 2, 27: 3, 28: 4, 31: 5, 32: 6, 33: 7}
-# Cityscapes polygon labels -> label id (things; a "<class>group" label is a crowd region of that class).
-CITYSCAPES_NAME_TO_LABEL_ID: Dict[str, int] = {
-    "person": 24, "rider": 25, "car": 26, "truck": 27, "bus": 28, "caravan": 29, "trailer": 30, "train": 31,
-    "motorcycle": 32, "bicycle": 33,
-}
+# Caravan (29) and trailer (30) are not mapped: ignored, as in Cityscapes' instance evaluation.
+CITYSCAPES_LABEL_ID_TO_THING: Dict[int, int] = {label.id: index for index, label in enumerate(_THINGS)}
+# Cityscapes polygon labels with instances -> label id (a "<class>group" label is a crowd region of that class).
+CITYSCAPES_NAME_TO_LABEL_ID: Dict[str, int] = {label.name: label.id for label in LABELS if label.has_instances}
 # BDD100K detection categories -> thing index: the 2020 labels (det_20: "pedestrian", "motorcycle", ...) and the
 # 2018 labels ("person", "motor", "bike"). "traffic light", "traffic sign", "other person", "other vehicle" and
 # "trailer" are not Cityscapes thing classes: not mapped.

@@ -12,7 +12,7 @@ from .det_common import datasets_root, load_coco_by_name, register_det_dataset
 
 __all__ = ["ACDC_CONDITIONS", "load_acdc_det"]
 
-SECTION = "ACDC"
+SECTION = "Detection: ACDC"
 ACDC_CONDITIONS = ("fog", "night", "rain", "snow")
 NAME_TO_THING = {
     name: CITYSCAPES_LABEL_ID_TO_THING[label] for name, label in CITYSCAPES_NAME_TO_LABEL_ID.items()

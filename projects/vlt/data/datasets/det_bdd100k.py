@@ -14,7 +14,7 @@ from .det_common import README, datasets_root, register_det_dataset, require_dir
 
 __all__ = ["load_bdd100k_det", "bdd100k_annotations"]
 
-SECTION = "BDD100K"
+SECTION = "Detection: BDD100K"
 LABEL_FILES = ("labels/det_20/det_{split}.json", "labels/bdd100k_labels_images_{split}.json")
 HEIGHT, WIDTH = 720, 1280  # every BDD100K image
 

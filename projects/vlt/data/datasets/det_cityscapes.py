@@ -18,7 +18,7 @@ from .det_common import (
 
 __all__ = ["load_cityscapes_det", "load_foggy_cityscapes_det"]
 
-SECTION = "Cityscapes / Foggy Cityscapes"
+SECTION = "Detection: Cityscapes / Foggy Cityscapes"
 FOGGY_BETA = "0.02"
 
 
@@ -29,7 +29,7 @@ def load_cityscapes_det(split: str, with_masks: bool = True) -> list:
     image_dir = require_dir(os.path.join(root, "leftImg8bit", split), f"cityscapes_det_{split}", SECTION)
     gt_dir = require_dir(os.path.join(root, "gtFine", split), f"cityscapes_det_{split}", SECTION)
     pairs = cityscapes_style_pairs(image_dir, gt_dir, "_leftImg8bit.png", "_gtFine_instanceIds.png")
-    return load_label_files(pairs, with_masks=with_masks)
+    return load_label_files(pairs, with_masks=with_masks, image_suffix="_leftImg8bit.png")
 
 
 def load_foggy_cityscapes_det(split: str, beta: str = FOGGY_BETA, with_masks: bool = True) -> list:
@@ -39,8 +39,9 @@ def load_foggy_cityscapes_det(split: str, beta: str = FOGGY_BETA, with_masks: bo
     foggy_dir = os.path.join(datasets_root(), "foggy_cityscapes", "leftImg8bit_foggy", split)
     image_dir = require_dir(foggy_dir, name, SECTION)
     gt_dir = require_dir(os.path.join(datasets_root(), "cityscapes", "gtFine", split), name, SECTION)
-    pairs = cityscapes_style_pairs(image_dir, gt_dir, f"_leftImg8bit_foggy_beta_{beta}.png", "_gtFine_instanceIds.png")
-    return load_label_files(pairs, with_masks=with_masks)
+    suffix = f"_leftImg8bit_foggy_beta_{beta}.png"
+    pairs = cityscapes_style_pairs(image_dir, gt_dir, suffix, "_gtFine_instanceIds.png")
+    return load_label_files(pairs, with_masks=with_masks, image_suffix=suffix)
 
 
 def _load_car_val() -> list:

@@ -26,32 +26,20 @@ from ..instance_boxes import (
     instances_from_cityscapes_ids,
     restrict_to_classes,
 )
+from .common import README, datasets_root, require_dir  # README: its "Detection: ..." sections
 
 __all__ = [
-    "README", "datasets_root", "register_det_dataset", "require_dir", "load_label_files", "read_cityscapes_ids",
-    "annotations_from_cityscapes_ids_file", "cityscapes_style_pairs", "car_only", "load_coco_by_name",
+    "DET_DATASETS", "README", "datasets_root", "register_det_dataset", "require_dir", "load_label_files",
+    "read_cityscapes_ids", "annotations_from_cityscapes_ids_file", "cityscapes_style_pairs", "car_only",
+    "load_coco_by_name",
 ]
 
 logger = logging.getLogger(__name__)
 
-README = "datasets/README_detection.md"
+# Names registered by register_det_dataset, in order (for tools/check_datasets.py and docs).
+DET_DATASETS: List[str] = []
 # Car index in THING_CLASSES -> 0: the Sim10k -> Cityscapes benchmark evaluates the car class only.
 CAR_FROM_THINGS = {THING_CLASSES.index("car"): 0}
-
-
-def datasets_root() -> str:
-    """Detectron2's dataset root: $DETECTRON2_DATASETS, else ./datasets."""
-    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
-
-
-def require_dir(path: str, dataset: str, section: str) -> str:
-    """``path`` if it is a folder; else a FileNotFoundError naming the dataset and the README section."""
-    if not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"{dataset}: folder '{path}' not found. Set DETECTRON2_DATASETS to the folder holding the datasets and "
-            f"lay it out as in {README}, section '{section}'."
-        )
-    return path
 
 
 def register_det_dataset(name: str, loader: Callable[[], List[dict]], car_only: bool = False, **metadata) -> None:
@@ -60,6 +48,7 @@ def register_det_dataset(name: str, loader: Callable[[], List[dict]], car_only: 
         THING_CLASSES, THING_COLORS
     )
     DatasetCatalog.register(name, loader)
+    DET_DATASETS.append(name)
     MetadataCatalog.get(name).set(
         thing_classes=list(classes), thing_colors=list(colors), evaluator_type="coco", **metadata
     )
@@ -99,8 +88,10 @@ def load_label_files(
     ),
     with_masks: bool = True,
     workers: int = 0,
+    image_suffix: str = "",
 ) -> List[dict]:
-    """Dataset dicts from (image file, label files) items; ``image_id`` = image file stem.
+    """Dataset dicts from (image file, label files) items; ``image_id`` = image file name without
+    ``image_suffix`` (e.g. "_leftImg8bit.png"; default: without its extension).
 
     ``read_annotations(label_files, with_masks) -> (height, width, annotations)`` reads one image's labels (a
     module-level function: large datasets are read by a process pool, ``workers`` 0 = up to 8 processes for
@@ -115,16 +106,19 @@ def load_label_files(
     else:
         dicts = [_load_one(a) for a in args]
     for d in dicts:
-        d["image_id"] = os.path.splitext(os.path.basename(d["file_name"]))[0]
+        name = os.path.basename(d["file_name"])
+        d["image_id"] = name[: -len(image_suffix)] if image_suffix and name.endswith(image_suffix) else (
+            os.path.splitext(name)[0]
+        )
     return dicts
 
 
 def cityscapes_style_pairs(
-    image_dir: str, gt_dir: str, image_suffix: str, ids_suffix: str
+    image_dir: str, gt_dir: str, image_suffix: str, ids_suffix: str, city: str = "*"
 ) -> List[Tuple[str, Tuple[str]]]:
     """(image, instance ids) pairs of a Cityscapes layout: ``<image_dir>/<city>/<stem><image_suffix>`` and
-    ``<gt_dir>/<city>/<stem><ids_suffix>``; a missing label file is an error naming it."""
-    images = sorted(glob.glob(os.path.join(image_dir, "*", "*" + image_suffix)))
+    ``<gt_dir>/<city>/<stem><ids_suffix>`` (every city, or the one named); a missing label file is an error."""
+    images = sorted(glob.glob(os.path.join(image_dir, city, "*" + image_suffix)))
     if not images:
         raise FileNotFoundError(f"No '*{image_suffix}' images under '{image_dir}/<city>/' (see {README})")
     pairs = []

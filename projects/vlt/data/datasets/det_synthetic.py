@@ -26,11 +26,13 @@ __all__ = ["load_urbansyn_det", "load_synscapes_det", "load_sim10k_car", "sim10k
 
 def load_urbansyn_det() -> list:
     root = os.path.join(datasets_root(), "urbansyn")
-    rgb_dir = require_dir(os.path.join(root, "rgb"), "urbansyn_det_train", "UrbanSyn")
-    panoptic_dir = require_dir(os.path.join(root, "panoptic"), "urbansyn_det_train", "UrbanSyn")
+    rgb_dir = require_dir(os.path.join(root, "rgb"), "urbansyn_det_train", "Detection: UrbanSyn")
+    panoptic_dir = require_dir(os.path.join(root, "panoptic"), "urbansyn_det_train", "Detection: UrbanSyn")
     images = sorted(glob.glob(os.path.join(rgb_dir, "rgb_*.png")))
     if not images:
-        raise FileNotFoundError(f"urbansyn_det_train: no rgb_*.png in '{rgb_dir}' (see {README}, 'UrbanSyn')")
+        raise FileNotFoundError(
+            f"urbansyn_det_train: no rgb_*.png in '{rgb_dir}' (see {README}, 'Detection: UrbanSyn')"
+        )
     items = []
     for image in images:
         number = os.path.basename(image)[len("rgb_"):]
@@ -53,10 +55,10 @@ def synscapes_annotations(files: Tuple[str, str], with_masks: bool) -> Tuple[int
 
 
 def load_synscapes_det() -> list:
-    img = require_dir(os.path.join(datasets_root(), "synscapes", "img"), "synscapes_det_train", "Synscapes")
+    img = require_dir(os.path.join(datasets_root(), "synscapes", "img"), "synscapes_det_train", "Detection: Synscapes")
     images = sorted(glob.glob(os.path.join(img, "rgb", "*.png")), key=lambda p: int(os.path.basename(p)[:-4]))
     if not images:
-        raise FileNotFoundError(f"synscapes_det_train: no images in '{img}/rgb' (see {README}, 'Synscapes')")
+        raise FileNotFoundError(f"synscapes_det_train: no images in '{img}/rgb' (see {README}, 'Detection: Synscapes')")
     items = [
         (p, (os.path.join(img, "class", os.path.basename(p)), os.path.join(img, "instance", os.path.basename(p))))
         for p in images
@@ -83,7 +85,7 @@ def sim10k_annotations(xml_file: str) -> Tuple[int, int, List[dict]]:
 
 
 def load_sim10k_car() -> list:
-    voc = require_dir(os.path.join(datasets_root(), "sim10k", "VOC2012"), "sim10k_car_train", "Sim10k")
+    voc = require_dir(os.path.join(datasets_root(), "sim10k", "VOC2012"), "sim10k_car_train", "Detection: Sim10k")
     split_file = os.path.join(voc, "ImageSets", "Main", "trainval.txt")
     if os.path.isfile(split_file):
         with open(split_file) as f:
@@ -91,7 +93,9 @@ def load_sim10k_car() -> list:
     else:
         stems = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(voc, "Annotations", "*.xml")))
     if not stems:
-        raise FileNotFoundError(f"sim10k_car_train: no annotations in '{voc}/Annotations' (see {README}, 'Sim10k')")
+        raise FileNotFoundError(
+            f"sim10k_car_train: no annotations in '{voc}/Annotations' (see {README}, 'Detection: Sim10k')"
+        )
     dicts = []
     for stem in stems:
         height, width, annotations = sim10k_annotations(os.path.join(voc, "Annotations", stem + ".xml"))

@@ -2,7 +2,7 @@
 Vision Transformer Backbones for Object Detection"), with Detectron2's own modules; and VLT's synthetic-to-real
 detection benchmark (datasets registered on import, COCO evaluation over every target in one table).
 """
-from ...data.datasets import det_acdc, det_bdd100k, det_cityscapes, det_synthetic  # noqa: F401  (registration)
+from ...data.datasets import det_acdc, det_bdd100k, det_cityscapes, det_synthetic, det_vlt_demo  # noqa: F401
 from .evaluation import DET_METRICS, build_det_evaluator, det_multi_target_table, write_det_multi_target_table
 from .loaders import (
     DATASET_MAPPER_NAME,

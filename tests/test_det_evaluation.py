@@ -1,0 +1,97 @@
+"""VLTDet's COCO evaluation on hand-made predictions, and the multi-target detection table."""
+import csv
+import json
+
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import Boxes, BoxMode, Instances
+
+import vlt  # noqa: F401  (registers VLTDet)
+from vlt.modeling.det import build_det_evaluator, det_multi_target_table, write_det_multi_target_table
+from vlt.utils.config import load_config
+
+NAME = "test_det_evaluation_toy"
+CLASSES = ["person", "car"]
+GT = {  # image id -> [(box XYXY, class)]
+    "a": [([10.0, 10.0, 50.0, 40.0], 1), ([60.0, 5.0, 90.0, 60.0], 0)],
+    "b": [([5.0, 20.0, 45.0, 70.0], 1)],
+}
+
+
+@pytest.fixture(scope="module")
+def toy_dataset():
+    dicts = [
+        {"file_name": f"{k}.png", "image_id": k, "height": 80, "width": 100, "annotations": [
+            {"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": c, "iscrowd": 0} for box, c in v]}
+        for k, v in GT.items()
+    ]
+    if NAME not in DatasetCatalog.list():
+        DatasetCatalog.register(NAME, lambda: dicts)
+        MetadataCatalog.get(NAME).set(thing_classes=CLASSES, evaluator_type="coco")
+    return NAME
+
+
+def _evaluate(cfg, name, predictions, output_dir):
+    evaluator = build_det_evaluator(cfg, name, str(output_dir))
+    evaluator.reset()
+    for image_id, preds in predictions.items():
+        instances = Instances((80, 100))
+        instances.pred_boxes = Boxes(torch.tensor([p[0] for p in preds], dtype=torch.float32).reshape(-1, 4))
+        instances.scores = torch.tensor([p[1] for p in preds], dtype=torch.float32)
+        instances.pred_classes = torch.tensor([p[2] for p in preds], dtype=torch.int64)
+        evaluator.process([{"image_id": image_id}], [{"instances": instances}])
+    return evaluator.evaluate()
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config("configs/Base-VLTDet.yaml", ["MODEL.ROI_HEADS.NUM_CLASSES", "2"])
+
+
+def test_perfect_predictions_give_ap_100(toy_dataset, cfg, tmp_path):
+    predictions = {k: [(box, 0.9, c) for box, c in v] for k, v in GT.items()}
+    results = _evaluate(cfg, toy_dataset, predictions, tmp_path)["bbox"]
+    for metric in ("AP", "AP50", "AP75", "AP-person", "AP-car"):
+        assert results[metric] == pytest.approx(100.0)
+    detections = json.loads((tmp_path / "coco_instances_results.json").read_text())
+    assert len(detections) == 3 and {d["image_id"] for d in detections} == {"a", "b"}
+
+
+def test_known_ap_with_a_miss_and_a_false_positive(toy_dataset, cfg, tmp_path):
+    # car: "a" found exactly (0.9), a false positive on "b" (0.8) ranked above nothing, "b"'s car missed;
+    # person: found exactly. Car precision is 1 up to recall 0.5 -> COCO 101-point AP = 51 / 101.
+    predictions = {
+        "a": [([10.0, 10.0, 50.0, 40.0], 0.9, 1), ([60.0, 5.0, 90.0, 60.0], 0.7, 0)],
+        "b": [([60.0, 60.0, 90.0, 78.0], 0.8, 1)],
+    }
+    results = _evaluate(cfg, toy_dataset, predictions, tmp_path)["bbox"]
+    assert results["AP-car"] == pytest.approx(100.0 * 51 / 101, abs=1e-3)
+    assert results["AP-person"] == pytest.approx(100.0)
+    assert results["AP"] == pytest.approx((100.0 * 51 / 101 + 100.0) / 2, abs=1e-3)
+
+
+def test_multi_target_table_rows_mean_and_files(tmp_path):
+    results = {
+        "src_val": {"bbox": {"AP": 40.0, "AP50": 60.0, "AP75": 41.0, "APs": 10.0, "APm": 30.0, "APl": 50.0,
+                             "AP-person": 30.0, "AP-car": 50.0}},
+        "target": {"bbox": {"AP": 20.0, "AP50": 30.0, "AP75": 21.0, "APs": float("nan"), "APm": 15.0, "APl": 25.0,
+                            "AP-person": float("nan"), "AP-car": 20.0}},
+        "seg_target": {"sem_seg": {"mIoU": 50.0}},  # not a detection result: left out
+    }
+    table = det_multi_target_table(results)
+    assert [r["name"] for r in table["rows"]] == ["src_val", "target"]
+    assert table["mean"]["metrics"]["AP"] == pytest.approx(30.0)
+    assert table["mean"]["metrics"]["APs"] == pytest.approx(10.0)  # NaN targets are skipped
+    assert table["mean"]["AP"]["car"] == pytest.approx(35.0)
+    assert table["summary"]["AP50"] == {"src_val": 60.0, "target": 30.0, "mean": 45.0}
+    text = write_det_multi_target_table(results, str(tmp_path))
+    assert "mean over targets" in text
+    rows = list(csv.reader(open(tmp_path / "det_multi_target.csv")))
+    assert rows[0][:3] == ["dataset", "AP", "AP50"] and rows[0][-2:] == ["AP-person", "AP-car"]
+    assert rows[2][0] == "target" and rows[2][-2] == ""  # NaN -> empty cell
+    saved = json.loads((tmp_path / "det_multi_target.json").read_text())
+    assert saved["rows"][1]["AP"]["person"] is None
+    # A single dataset's results (what DefaultTrainer.test returns for one test set) make one named row.
+    single = det_multi_target_table(results["src_val"], dataset_names=["only"])
+    assert [r["name"] for r in single["rows"]] == ["only"] and single["mean"] is None
