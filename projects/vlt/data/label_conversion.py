@@ -7,7 +7,7 @@ label map in one indexing operation. Converted files are written next to (never 
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -28,6 +28,7 @@ __all__ = [
     "read_synthia_label",
     "convert_label_file",
     "convert_files",
+    "run_parallel",
 ]
 
 # GTA5 (Richter et al. 2016) labels use the Cityscapes label ids.
@@ -146,6 +147,22 @@ def _convert_one(args: Tuple[str, str, np.ndarray, Callable]) -> None:
     convert_label_file(*args)
 
 
+def run_parallel(fn: Callable, jobs: Sequence, workers: int = 0, desc: str = "files") -> None:
+    """Run ``fn(job)`` for every job in a process pool (``workers`` 0 = up to 8 CPUs), with a progress bar."""
+    from tqdm import tqdm
+
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    with tqdm(total=len(jobs), desc=desc, unit="file") as bar:
+        if workers == 1:
+            for job in jobs:
+                fn(job)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                for _ in pool.map(fn, jobs, chunksize=16):
+                    bar.update()
+
+
 def convert_files(
     pairs: Sequence[Tuple[str, str]],
     lut: np.ndarray,
@@ -154,21 +171,8 @@ def convert_files(
     overwrite: bool = False,
     desc: str = "labels",
 ) -> Tuple[int, int]:
-    """Convert ``(src, dst)`` pairs in parallel with a progress bar; resumable: existing outputs are skipped
-    (unless ``overwrite``). Returns (converted, skipped)."""
-    from tqdm import tqdm
-
-    todo = [(src, dst) for src, dst in pairs if overwrite or not os.path.exists(dst)]
-    skipped = len(pairs) - len(todo)
-    workers = workers or max(1, min(8, os.cpu_count() or 1))
-    jobs: Iterable = ((src, dst, lut, reader) for src, dst in todo)
-    with tqdm(total=len(todo), desc=desc, unit="file") as bar:
-        if workers == 1:
-            for job in jobs:
-                _convert_one(job)
-                bar.update()
-        else:
-            with ProcessPoolExecutor(workers) as pool:
-                for _ in pool.map(_convert_one, jobs, chunksize=16):
-                    bar.update()
-    return len(todo), skipped
+    """Convert ``(src, dst)`` label pairs with ``lut``, in parallel with a progress bar; resumable: existing outputs
+    are skipped (unless ``overwrite``). Returns (converted, skipped)."""
+    todo = [(src, dst, lut, reader) for src, dst in pairs if overwrite or not os.path.exists(dst)]
+    run_parallel(_convert_one, todo, workers, desc)
+    return len(todo), len(pairs) - len(todo)

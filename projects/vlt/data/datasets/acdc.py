@@ -26,7 +26,7 @@ def load_acdc(condition: str, split: str, root: str = ""):
         return [d for c in ACDC_CONDITIONS for d in load_acdc(c, split, root)]
     labelled = split != "test"
     dicts = list_image_label_pairs(
-        f"acdc_{condition}_{split}", SECTION, os.path.join(root, "rgb_anon", condition, split), "_rgb_anon.png",
+        root, f"acdc_{condition}_{split}", SECTION, os.path.join(root, "rgb_anon", condition, split), "_rgb_anon.png",
         os.path.join(root, "gt", condition, split) if labelled else None, "_gt_labelTrainIds.png", size=(1080, 1920),
     )
     for d in dicts:

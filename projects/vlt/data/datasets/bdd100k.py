@@ -19,7 +19,7 @@ def load_bdd100k_sem_seg(split: str, root: str = ""):
     """Dataset dicts of a BDD100K semantic-segmentation split (default root $DETECTRON2_DATASETS/bdd100k)."""
     root = root or os.path.join(datasets_root(), "bdd100k")
     return list_image_label_pairs(
-        f"bdd100k_sem_seg_{split}", SECTION, os.path.join(root, "images", "10k", split), ".jpg",
+        root, f"bdd100k_sem_seg_{split}", SECTION, os.path.join(root, "images", "10k", split), ".jpg",
         os.path.join(root, "labels", "sem_seg", "masks", split), ".png", size=(720, 1280),
     )
 

@@ -26,7 +26,7 @@ def load_cityscapes_fine(split: str, root: str = "", with_labels: bool = True):
     """Dataset dicts of a Cityscapes fine split under ``root`` (default $DETECTRON2_DATASETS/cityscapes)."""
     root = root or os.path.join(datasets_root(), "cityscapes")
     return list_image_label_pairs(
-        f"cityscapes_fine_{split}", SECTION,
+        root, f"cityscapes_fine_{split}", SECTION,
         os.path.join(root, "leftImg8bit", split), "_leftImg8bit.png",
         os.path.join(root, "gtFine", split) if with_labels else None, "_gtFine_labelTrainIds.png",
         size=(1024, 2048), prepare_hint="run: python datasets/prepare_cityscapes.py",

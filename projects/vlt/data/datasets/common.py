@@ -53,6 +53,7 @@ def _walk_files(folder: str, suffix: str) -> List[str]:
 
 
 def list_image_label_pairs(
+    root: str,
     dataset: str,
     section: str,
     image_dir: str,
@@ -65,9 +66,11 @@ def list_image_label_pairs(
     """Dataset dicts of the images ``image_dir/**/<stem><image_suffix>`` and their labels
     ``label_dir/**/<stem><label_suffix>`` (``label_dir=None``: a split without labels).
 
-    Raises FileNotFoundError for a missing folder, a split with no images, or images without a label.
+    Raises FileNotFoundError for a missing dataset ``root`` or folder, a split with no images, or images without
+    a label.
     ``size`` = (height, width) if every image of the dataset has that size (saves a decode per image).
     """
+    require_dir(root, dataset, section, "dataset root")
     require_dir(image_dir, dataset, section, "image folder")
     images = _walk_files(image_dir, image_suffix)
     if not images:

@@ -22,7 +22,7 @@ def load_gta5(root: str = ""):
     """Dataset dicts of all GTA5 images under ``root`` (default $DETECTRON2_DATASETS/gta5)."""
     root = root or os.path.join(datasets_root(), "gta5")
     return list_image_label_pairs(
-        "gta5_train", SECTION, os.path.join(root, "images"), ".png", os.path.join(root, "labels"),
+        root, "gta5_train", SECTION, os.path.join(root, "images"), ".png", os.path.join(root, "labels"),
         "_labelTrainIds.png", prepare_hint="run: python datasets/prepare_gta5.py",
     )
 

@@ -34,7 +34,8 @@ def load_mapillary_19(split: str, protocol: str = "", half: bool = False, root: 
     name = f"mapillary_19{protocol}{'_half' if half else ''}_{split}"
     flag = " --half" if half else ""
     return list_image_label_pairs(
-        name, SECTION, os.path.join(folder, "images"), ".jpg", os.path.join(folder, LABEL_FOLDERS[protocol]), ".png",
+        root, name, SECTION, os.path.join(folder, "images"), ".jpg",
+        os.path.join(folder, LABEL_FOLDERS[protocol]), ".png",
         prepare_hint=f"run: python datasets/prepare_mapillary.py{flag}",
     )
 

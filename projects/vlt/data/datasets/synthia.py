@@ -25,7 +25,7 @@ def load_synthia(root: str = ""):
     """Dataset dicts of all SYNTHIA-RAND-CITYSCAPES images under ``root`` (default $DETECTRON2_DATASETS/synthia)."""
     root = os.path.join(root or os.path.join(datasets_root(), "synthia"), "RAND_CITYSCAPES")
     return list_image_label_pairs(
-        "synthia_train", SECTION, os.path.join(root, "RGB"), ".png", os.path.join(root, "GT", "LABELS"),
+        root, "synthia_train", SECTION, os.path.join(root, "RGB"), ".png", os.path.join(root, "GT", "LABELS"),
         "_labelTrainIds.png", size=(760, 1280), prepare_hint="run: python datasets/prepare_synthia.py",
     )
 

@@ -29,7 +29,8 @@ def load_vlt_demo(split: str, domain: str, root: str = ""):
     """Dataset dicts of one split / domain of the demo benchmark (default root $DETECTRON2_DATASETS/vlt_demo)."""
     root = root or os.path.join(datasets_root(), "vlt_demo")
     return list_image_label_pairs(
-        f"vlt_demo_{domain}_{split}", SECTION, os.path.join(root, "leftImg8bit", split, domain), "_leftImg8bit.png",
+        root, f"vlt_demo_{domain}_{split}", SECTION,
+        os.path.join(root, "leftImg8bit", split, domain), "_leftImg8bit.png",
         os.path.join(root, "gtFine", split, domain), "_gtFine_labelTrainIds.png",
         prepare_hint=f"run: python tools/generate_demo_data.py --root {root}",
     )

@@ -1,0 +1,306 @@
+"""Semantic-segmentation datasets: class tables, registration of each real layout, label conversions, errors."""
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
+
+import vlt  # noqa: F401  (registers the datasets)
+from vlt.data import cityscapes_classes as cs
+from vlt.data import label_conversion as lc
+from vlt.data.datasets import SEM_SEG_DATASETS
+from vlt.data.semantic_mapper import read_sem_seg
+
+# Mapillary Vistas v1.2 "readable" class names, index = label id (the dataset's config.json).
+MAPILLARY_V12_NAMES = [
+    "Bird", "Ground Animal", "Curb", "Fence", "Guard Rail", "Barrier", "Wall", "Bike Lane", "Crosswalk - Plain",
+    "Curb Cut", "Parking", "Pedestrian Area", "Rail Track", "Road", "Service Lane", "Sidewalk", "Bridge", "Building",
+    "Tunnel", "Person", "Bicyclist", "Motorcyclist", "Other Rider", "Lane Marking - Crosswalk",
+    "Lane Marking - General", "Mountain", "Sand", "Sky", "Snow", "Terrain", "Vegetation", "Water", "Banner", "Bench",
+    "Bike Rack", "Billboard", "Catch Basin", "CCTV Camera", "Fire Hydrant", "Junction Box", "Mailbox", "Manhole",
+    "Phone Booth", "Pothole", "Street Light", "Pole", "Traffic Sign Frame", "Utility Pole", "Traffic Light",
+    "Traffic Sign (Back)", "Traffic Sign (Front)", "Trash Can", "Bicycle", "Boat", "Bus", "Car", "Caravan",
+    "Motorcycle", "On Rails", "Other Vehicle", "Trailer", "Truck", "Wheeled Slow", "Car Mount", "Ego Vehicle",
+    "Unlabeled",
+]
+TRAIN = {name: i for i, name in enumerate(cs.CLASSES)}
+
+
+def write_image(path, height=8, width=12, value=0):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    assert cv2.imwrite(str(path), np.full((height, width, 3), value, np.uint8))
+
+
+def write_label(path, label):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    assert cv2.imwrite(str(path), np.asarray(label, np.uint8))
+
+
+def write_mapillary_config(root, names=MAPILLARY_V12_NAMES):
+    os.makedirs(root, exist_ok=True)
+    labels = [{"name": n.lower().replace(" ", "-"), "readable": n, "color": [0, 0, 0]} for n in names]
+    with open(os.path.join(root, "config.json"), "w") as f:
+        json.dump({"labels": labels}, f)
+
+
+@pytest.fixture
+def data_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    return tmp_path
+
+
+# ---------------------------------------------------------------------------------------------------- class tables
+def test_cityscapes_tables_match_cityscapesscripts():
+    from cityscapesscripts.helpers.labels import labels
+
+    assert [(lb.name, lb.id, lb.trainId, lb.color) for lb in labels] == [
+        (lb.name, lb.id, -1 if lb.id == -1 else lb.train_id, lb.color) for lb in cs.LABELS
+    ]
+    for lb in labels:
+        if lb.id >= 0:
+            expected = lb.trainId if 0 <= lb.trainId < 255 else 255
+            assert cs.LABEL_ID_TO_TRAIN_ID[lb.id] == expected, lb.name
+    assert cs.CLASSES[13] == "car" and cs.COLORS[0] == (128, 64, 128) and len(cs.CLASSES) == 19
+    train_ids = np.arange(256, dtype=np.uint8)
+    round_trip = cs.label_ids_to_train_ids(cs.train_ids_to_label_ids(train_ids))
+    assert (round_trip[:19] == np.arange(19)).all() and (round_trip[19:] == 255).all()
+    assert cs.SYNTHIA_16_TRAIN_IDS == (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18)
+
+
+# ---------------------------------------------------------------------------------------------------- registration
+def test_registration_reads_no_files_and_sets_metadata(monkeypatch, tmp_path):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "nowhere"))
+    expected = {"gta5_train", "synthia_train", "cityscapes_fine_val", "cityscapes_fine_test", "bdd100k_sem_seg_val",
+                "mapillary_19_val", "mapillary_19_robustnet_val", "mapillary_19_half_val", "acdc_night_val",
+                "acdc_all_test", "vlt_demo_source_train", "vlt_demo_fog_val", "vlt_demo_shift_val"}
+    assert expected <= set(SEM_SEG_DATASETS) <= set(DatasetCatalog.list())
+    meta = MetadataCatalog.get("bdd100k_sem_seg_val")
+    assert meta.stuff_classes == list(cs.CLASSES) and meta.ignore_label == 255 and meta.evaluator_type == "sem_seg"
+    assert meta.test_resolutions["rein"] == "fit_1280x720"
+    assert MetadataCatalog.get("mapillary_19_robustnet_val").test_resolutions["robustnet"] == "height1536_crop"
+    assert MetadataCatalog.get("cityscapes_fine_test").has_labels is False
+    assert MetadataCatalog.get("acdc_all_test").submission_format == "acdc"
+
+
+def _cityscapes(root):
+    for split, cities in (("train", ["aachen"]), ("val", ["frankfurt", "lindau"]), ("test", ["berlin"])):
+        for city in cities:
+            for frame in (19, 20):
+                stem = f"{city}_000001_{frame:06d}"
+                write_image(root / "cityscapes" / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png")
+                write_label(root / "cityscapes" / "gtFine" / split / city / f"{stem}_gtFine_labelTrainIds.png",
+                            np.zeros((8, 12)))
+                write_label(root / "cityscapes" / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png",
+                            np.zeros((8, 12)))
+
+
+def _gta5(root):
+    for n in (1, 2, 3):
+        write_image(root / "gta5" / "images" / f"{n:05d}.png")
+        write_label(root / "gta5" / "labels" / f"{n:05d}.png", np.zeros((8, 12)))
+        write_label(root / "gta5" / "labels" / f"{n:05d}_labelTrainIds.png", np.zeros((8, 12)))
+
+
+def _synthia(root):
+    base = root / "synthia" / "RAND_CITYSCAPES"
+    for n in (0, 1):
+        write_image(base / "RGB" / f"{n:07d}.png")
+        write_label(base / "GT" / "LABELS" / f"{n:07d}_labelTrainIds.png", np.zeros((8, 12)))
+
+
+def _bdd(root):
+    for split in ("train", "val"):
+        for name in ("7d06fefd-f7be05a6", "7d128593-0ccfea4c"):
+            write_image(root / "bdd100k" / "images" / "10k" / split / f"{name}.jpg")
+            write_label(root / "bdd100k" / "labels" / "sem_seg" / "masks" / split / f"{name}.png", np.zeros((8, 12)))
+
+
+def _mapillary(root):
+    base = root / "mapillary_vistas"
+    for split in ("training", "validation"):
+        for key in ("-0aYkXa4hsJ4VyV2p0-DCA", "__CRyFzoDOXn6unQ6a3DnQ"):
+            write_image(base / split / "images" / f"{key}.jpg")
+            for folder in ("labels", "labels_19", "labels_19_robustnet"):
+                write_label(base / split / folder / f"{key}.png", np.zeros((8, 12)))
+            if split == "validation":
+                write_image(base / "half" / split / "images" / f"{key}.jpg", 4, 6)
+                write_label(base / "half" / split / "labels_19" / f"{key}.png", np.zeros((4, 6)))
+
+
+def _acdc(root):
+    for cond in ("fog", "night", "rain", "snow"):
+        for split in ("train", "val", "test"):
+            stem = f"GOPR0475_frame_{cond == 'fog':06d}"
+            write_image(root / "acdc" / "rgb_anon" / cond / split / "GOPR0475" / f"{stem}_rgb_anon.png")
+            write_image(root / "acdc" / "rgb_anon" / cond / f"{split}_ref" / "GOPR0475" / f"{stem}_rgb_ref_anon.png")
+            if split != "test":
+                write_label(root / "acdc" / "gt" / cond / split / "GOPR0475" / f"{stem}_gt_labelTrainIds.png",
+                            np.zeros((8, 12)))
+
+
+@pytest.mark.parametrize(
+    "make, name, count, image_rel, label_rel",
+    [
+        (_cityscapes, "cityscapes_fine_val", 4,
+         "cityscapes/leftImg8bit/val/frankfurt/frankfurt_000001_000019_leftImg8bit.png",
+         "cityscapes/gtFine/val/frankfurt/frankfurt_000001_000019_gtFine_labelTrainIds.png"),
+        (_cityscapes, "cityscapes_fine_train", 2,
+         "cityscapes/leftImg8bit/train/aachen/aachen_000001_000019_leftImg8bit.png",
+         "cityscapes/gtFine/train/aachen/aachen_000001_000019_gtFine_labelTrainIds.png"),
+        (_cityscapes, "cityscapes_fine_test", 2,
+         "cityscapes/leftImg8bit/test/berlin/berlin_000001_000019_leftImg8bit.png", None),
+        (_gta5, "gta5_train", 3, "gta5/images/00001.png", "gta5/labels/00001_labelTrainIds.png"),
+        (_synthia, "synthia_train", 2, "synthia/RAND_CITYSCAPES/RGB/0000000.png",
+         "synthia/RAND_CITYSCAPES/GT/LABELS/0000000_labelTrainIds.png"),
+        (_bdd, "bdd100k_sem_seg_val", 2, "bdd100k/images/10k/val/7d06fefd-f7be05a6.jpg",
+         "bdd100k/labels/sem_seg/masks/val/7d06fefd-f7be05a6.png"),
+        (_mapillary, "mapillary_19_val", 2, "mapillary_vistas/validation/images/-0aYkXa4hsJ4VyV2p0-DCA.jpg",
+         "mapillary_vistas/validation/labels_19/-0aYkXa4hsJ4VyV2p0-DCA.png"),
+        (_mapillary, "mapillary_19_robustnet_train", 2, "mapillary_vistas/training/images/-0aYkXa4hsJ4VyV2p0-DCA.jpg",
+         "mapillary_vistas/training/labels_19_robustnet/-0aYkXa4hsJ4VyV2p0-DCA.png"),
+        (_mapillary, "mapillary_19_half_val", 2, "mapillary_vistas/half/validation/images/-0aYkXa4hsJ4VyV2p0-DCA.jpg",
+         "mapillary_vistas/half/validation/labels_19/-0aYkXa4hsJ4VyV2p0-DCA.png"),
+        (_acdc, "acdc_night_val", 1, "acdc/rgb_anon/night/val/GOPR0475/GOPR0475_frame_000000_rgb_anon.png",
+         "acdc/gt/night/val/GOPR0475/GOPR0475_frame_000000_gt_labelTrainIds.png"),
+        (_acdc, "acdc_all_train", 4, "acdc/rgb_anon/fog/train/GOPR0475/GOPR0475_frame_000001_rgb_anon.png",
+         "acdc/gt/fog/train/GOPR0475/GOPR0475_frame_000001_gt_labelTrainIds.png"),
+        (_acdc, "acdc_snow_test", 1, "acdc/rgb_anon/snow/test/GOPR0475/GOPR0475_frame_000000_rgb_anon.png", None),
+    ],
+)
+def test_registration_lists_the_layout(data_root, make, name, count, image_rel, label_rel):
+    make(data_root)
+    dicts = DatasetCatalog.get(name)
+    assert len(dicts) == count
+    assert len({d["image_id"] for d in dicts}) == count
+    first = dicts[0]
+    assert first["file_name"] == str(data_root / image_rel)
+    if label_rel is None:
+        assert all("sem_seg_file_name" not in d for d in dicts)
+    else:
+        assert first["sem_seg_file_name"] == str(data_root / label_rel)
+        assert all(os.path.isfile(d["sem_seg_file_name"]) for d in dicts)
+    assert all(os.path.isfile(d["file_name"]) for d in dicts)
+
+
+# ---------------------------------------------------------------------------------------------------------- errors
+def test_missing_root_names_the_path(data_root):
+    with pytest.raises(FileNotFoundError, match=r"dataset root '.*gta5' not found.*datasets/README.md"):
+        DatasetCatalog.get("gta5_train")
+
+
+def test_empty_split_names_the_folder(data_root):
+    os.makedirs(data_root / "cityscapes" / "leftImg8bit" / "val" / "frankfurt")
+    with pytest.raises(FileNotFoundError, match=r"no '\*_leftImg8bit.png' images under '.*leftImg8bit/val'"):
+        DatasetCatalog.get("cityscapes_fine_val")
+
+
+def test_image_without_label_names_the_expected_label(data_root):
+    _gta5(data_root)
+    os.remove(data_root / "gta5" / "labels" / "00002_labelTrainIds.png")
+    with pytest.raises(FileNotFoundError, match=r"1 of 3 images .* no label.*00002_labelTrainIds.png.*prepare_gta5"):
+        DatasetCatalog.get("gta5_train")
+
+
+def test_out_of_range_label_names_the_file(tmp_path):
+    path = tmp_path / "bad_labelTrainIds.png"
+    write_label(path, [[0, 18, 255], [7, 19, 30]])
+    with pytest.raises(ValueError, match=r"bad_labelTrainIds.png.* 2 pixels with values \[19, 30\]"):
+        read_sem_seg(str(path), 19)
+    write_label(path, [[0, 18, 255], [7, 1, 2]])
+    assert read_sem_seg(str(path), 19).tolist() == [[0, 18, 255], [7, 1, 2]]
+
+
+# ----------------------------------------------------------------------------------------------------- conversions
+def test_gta5_conversion_is_parallel_resumable_and_keeps_originals(tmp_path):
+    ids = np.array([[0, 7, 8, 11], [33, 34, 255, 26], [19, 20, 6, 31]], np.uint8)
+    expected = [[255, 0, 1, 2], [18, 255, 255, 13], [6, 7, 255, 16]]
+    sources = []
+    for n in range(3):  # GTA5 ships palette PNGs
+        src = tmp_path / "labels" / f"{n:05d}.png"
+        os.makedirs(src.parent, exist_ok=True)
+        image = Image.fromarray(ids, mode="P")
+        image.putpalette([v for i in range(256) for v in (i, 255 - i, 0)])
+        image.save(src)
+        sources.append(str(src))
+    originals = [open(p, "rb").read() for p in sources]
+    pairs = [(p, p[:-4] + "_labelTrainIds.png") for p in sources]
+    assert lc.convert_files(pairs[:1], lc.GTA5_TO_TRAIN_ID, workers=1) == (1, 0)
+    assert lc.convert_files(pairs, lc.GTA5_TO_TRAIN_ID, workers=2) == (2, 1)  # resumes
+    for _, dst in pairs:
+        assert cv2.imread(dst, cv2.IMREAD_UNCHANGED).tolist() == expected
+    assert [open(p, "rb").read() for p in sources] == originals
+
+
+def test_synthia_conversion(tmp_path):
+    classes = np.array([[3, 4, 2, 21], [1, 10, 22, 0], [8, 17, 12, 16]], np.uint16)
+    labels = np.zeros((3, 4, 3), np.uint16)
+    labels[..., 2] = classes  # OpenCV writes BGR: the file's first channel holds the class id
+    labels[..., 1] = 7  # instance ids in the second channel are ignored
+    src = str(tmp_path / "0000000.png")
+    cv2.imwrite(src, labels)
+    dst = str(tmp_path / "0000000_labelTrainIds.png")
+    lc.convert_label_file(src, dst, lc.SYNTHIA_ID_TO_TRAIN_ID, reader=lc.read_synthia_label)
+    t = TRAIN
+    assert cv2.imread(dst, cv2.IMREAD_UNCHANGED).tolist() == [
+        [t["road"], t["sidewalk"], t["building"], t["wall"]],
+        [t["sky"], t["person"], 255, 255],
+        [t["car"], t["rider"], t["motorcycle"], t["terrain"]],
+    ]
+
+
+def test_mapillary_protocols_by_name_and_by_id(tmp_path):
+    write_mapillary_config(str(tmp_path))
+    by_name = lc.mapillary_by_name_lut(str(tmp_path / "config.json"))
+    by_id = lc.mapillary_robustnet_lut()
+    # id: (by name, by id)
+    cases = {
+        13: ("road", "road"), 8: ("road", None), 10: ("road", None), 7: ("road", None), 14: ("road", None),
+        23: ("road", None), 24: ("road", "road"), 41: (None, "road"), 2: ("sidewalk", "sidewalk"),
+        11: ("sidewalk", None), 15: ("sidewalk", "sidewalk"), 44: ("pole", None), 45: ("pole", "pole"),
+        47: (None, "pole"), 49: ("traffic sign", None), 50: ("traffic sign", "traffic sign"), 58: ("train", "train"),
+        20: ("rider", "rider"), 22: ("rider", "rider"), 55: ("car", "car"), 61: ("truck", "truck"), 0: (None, None),
+        65: (None, None), 27: ("sky", "sky"), 29: ("terrain", "terrain"), 48: ("traffic light", "traffic light"),
+    }
+    for mapillary_id, (name_a, name_b) in cases.items():
+        assert by_name[mapillary_id] == (TRAIN[name_a] if name_a else 255), MAPILLARY_V12_NAMES[mapillary_id]
+        assert by_id[mapillary_id] == (TRAIN[name_b] if name_b else 255), MAPILLARY_V12_NAMES[mapillary_id]
+    assert sorted(set(by_name[by_name != 255].tolist())) == list(range(19))
+    assert sorted(set(by_id[by_id != 255].tolist())) == list(range(19))
+
+
+def test_mapillary_by_name_reads_names_from_config(tmp_path):
+    names = list(reversed(MAPILLARY_V12_NAMES))  # a different id order: the mapping must follow the names
+    write_mapillary_config(str(tmp_path), names)
+    lut = lc.mapillary_by_name_lut(str(tmp_path / "config.json"))
+    assert lut[names.index("Road")] == TRAIN["road"] and lut[names.index("On Rails")] == TRAIN["train"]
+    assert lut[13] == TRAIN["bicycle"]  # id 13 is "Bicycle" in this order (the real v1.2 "Road")
+    write_mapillary_config(str(tmp_path), [n for n in MAPILLARY_V12_NAMES if n != "Street Light"])
+    with pytest.raises(ValueError, match=r"street light"):
+        lc.mapillary_by_name_lut(str(tmp_path / "config.json"))
+
+
+def test_prepare_mapillary_writes_both_protocols_and_half_copy(tmp_path):
+    from importlib import util
+
+    spec = util.spec_from_file_location("prepare_mapillary", "datasets/prepare_mapillary.py")
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    root = tmp_path / "mapillary_vistas"
+    write_mapillary_config(str(root))
+    label = np.array([[13, 8, 41, 47], [50, 49, 55, 65]], np.uint8).repeat(2, 0).repeat(2, 1)  # 4 x 8
+    for split in ("training", "validation"):
+        write_image(root / split / "images" / "k1.jpg", 4, 8, 100)
+        write_label(root / split / "v1.2" / "labels" / "k1.png", label)
+    module.main(["--root", str(root), "--half", "--workers", "1"])
+    t = TRAIN
+    by_name = cv2.imread(str(root / "validation" / "labels_19" / "k1.png"), cv2.IMREAD_UNCHANGED)
+    by_id = cv2.imread(str(root / "training" / "labels_19_robustnet" / "k1.png"), cv2.IMREAD_UNCHANGED)
+    sign = t["traffic sign"]
+    assert by_name[::2, ::2].tolist() == [[t["road"], t["road"], 255, 255], [sign, sign, t["car"], 255]]
+    assert by_id[::2, ::2].tolist() == [[t["road"], 255, t["road"], t["pole"]], [sign, 255, t["car"], 255]]
+    half = cv2.imread(str(root / "half" / "validation" / "labels_19" / "k1.png"), cv2.IMREAD_UNCHANGED)
+    assert half.shape == (2, 4) and half.tolist() == by_name[::2, ::2].tolist()
+    assert cv2.imread(str(root / "half" / "validation" / "images" / "k1.jpg")).shape == (2, 4, 3)
