@@ -243,7 +243,7 @@ def _add_rein_config(cfg):
     # Wrap the tower with Rein: learnable tokens refine the features after every block; the whole tower is frozen
     # (only Rein and the head train). Read by the segmentation meta-architecture.
     cfg.MODEL.REIN.ENABLED = False
-    # Tokens per block, m (release: token_length=100).
+    # Tokens per block, m (release: token_length=100); with LINK_QUERIES also the number of Mask2Former queries.
     cfg.MODEL.REIN.NUM_TOKENS = 100
     # Low-rank tokens T_i = A_i x B_i of this rank r (release: LoRAReins, lora_dim=16); 0 = full m x C tokens.
     cfg.MODEL.REIN.RANK = 16
