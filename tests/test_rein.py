@@ -240,3 +240,20 @@ def test_linking_off_gives_no_queries_and_the_head_keeps_its_own():
     assert not hasattr(rein, "transform") and model.rein.query_feat_proj is None
     with pytest.raises(RuntimeError, match="LINK_QUERIES"):
         rein.linked_queries()
+
+
+def test_rein_hooks_into_the_pyramid_backbone_too():
+    torch.manual_seed(0)
+    cfg = rein_cfg("VLT-EVA02-Tiny-16", scale_init=0.0)
+    cfg.MODEL.OPEN_CLIP.OUT_MODE = "pyramid"
+    cfg.MODEL.OPEN_CLIP.OUT_FEATURES = ["p2", "p3", "p4", "p5"]
+    backbone = build_backbone(cfg).eval()
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        bare = backbone(images)
+        build_rein(cfg, backbone)
+        wrapped = backbone(images)
+    assert all(torch.equal(bare[k], wrapped[k]) for k in bare)
+    assert "net.block_hooks.0.learnable_tokens_a" in backbone.state_dict()
+    assert not any(p.requires_grad for p in backbone.net.tower.parameters())
+    assert any(p.requires_grad for name, p in backbone.named_parameters() if not name.startswith("net."))
