@@ -6,9 +6,9 @@ from .semantic_mapper import (
     SemSegTrainMapper,
     build_train_augmentations,
     check_label_values,
+    evaluation_resize_shape,
     read_sem_seg,
     resolve_test_resolution,
-    test_resize_shape,
 )
 
 __all__ = [
@@ -20,5 +20,5 @@ __all__ = [
     "check_label_values",
     "read_sem_seg",
     "resolve_test_resolution",
-    "test_resize_shape",
+    "evaluation_resize_shape",
 ]

@@ -269,7 +269,7 @@ def apply_domain(image: np.ndarray, scene: DemoScene, domain: str, rng: np.rando
         return np.clip(image * transmission + airlight * (1 - transmission), 0, 1)
     if domain == "night":
         cast = np.array([0.75, 0.85, 1.25], np.float32)
-        dark = np.power(image, 1.5) * rng.uniform(0.3, 0.4) * cast
+        dark = np.power(image, 1.3) * rng.uniform(0.35, 0.45) * cast
         dark[scene.train_ids == SKY] *= 0.3
         glow = np.zeros((height, width), np.float32)
         yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -277,7 +277,7 @@ def apply_domain(image: np.ndarray, scene: DemoScene, domain: str, rng: np.rando
             radius = max(radius, 1.5)
             glow += np.exp(-((yy - ly) ** 2 + (xx - lx) ** 2) / (2 * radius * radius))
         warm = np.array([1.0, 0.85, 0.55], np.float32)
-        noise = rng.normal(0, 0.025, image.shape).astype(np.float32)
+        noise = rng.normal(0, 0.015, image.shape).astype(np.float32)
         return np.clip(dark + 0.9 * glow[..., None] * warm + noise, 0, 1)
     if domain == "rain":
         wet = cv2.GaussianBlur(image * 0.8, (0, 0), 0.8)

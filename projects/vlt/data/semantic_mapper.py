@@ -4,9 +4,9 @@ Train (mmseg order): random resize (ratio range around a base size, or short-sid
 maximum single-class ratio -> horizontal flip -> photometric distortion or colour jitter -> pad to the crop size
 (and a size divisibility) with ignore 255.
 
-Test: the image is resized to the dataset's evaluation resolution (a protocol picked by INPUT.TEST_RESOLUTION, see
-:func:`test_resize_shape`) times INPUT.TEST_SCALE_FACTOR; "height"/"width" keep the size predictions are scored at,
-and "sem_seg" (uint8) is the ground truth at that size.
+Test: the image is resized to the dataset's evaluation resolution (a protocol picked by INPUT.TEST_RESOLUTION,
+see :func:`evaluation_resize_shape`) times INPUT.TEST_SCALE_FACTOR; "height"/"width" keep the size predictions are
+scored at, and "sem_seg" (uint8) is the ground truth at that size.
 """
 import re
 from typing import List, Optional, Sequence, Tuple
@@ -36,7 +36,7 @@ __all__ = [
     "read_image",
     "read_sem_seg",
     "check_label_values",
-    "test_resize_shape",
+    "evaluation_resize_shape",
     "resolve_test_resolution",
     "build_train_augmentations",
 ]
@@ -90,7 +90,7 @@ _SHORT = re.compile(r"^short_(\d+)$")
 _HEIGHT_CROP = re.compile(r"^height(\d+)_crop$")
 
 
-def test_resize_shape(height: int, width: int, protocol: str) -> Tuple[Tuple[int, int], Optional[int]]:
+def evaluation_resize_shape(height: int, width: int, protocol: str) -> Tuple[Tuple[int, int], Optional[int]]:
     """Size an image of ``height`` x ``width`` is evaluated at under ``protocol``: ((new_h, new_w), crop).
 
     Protocols: "native" (unchanged); "fit_WxH" (mmseg keep-ratio resize into W x H, e.g. fit_1024x512 turns a
@@ -125,7 +125,7 @@ def resolve_test_resolution(setting: str, dataset_name: str) -> str:
         if setting not in resolutions:
             raise KeyError(f"{dataset_name}: no '{setting}' test resolution in its metadata ({sorted(resolutions)})")
         return resolutions[setting]
-    test_resize_shape(1, 1, setting)  # validates the protocol string
+    evaluation_resize_shape(1, 1, setting)  # validates the protocol string
     return setting
 
 
@@ -256,7 +256,7 @@ class SemSegTestMapper:
     @configurable
     def __init__(self, *, protocol: str, scale_factor: float = 1.0, image_format: str = "RGB", num_classes: int = 19,
                  ignore_label: int = 255, load_labels: bool = True):
-        test_resize_shape(1, 1, protocol)
+        evaluation_resize_shape(1, 1, protocol)
         if scale_factor <= 0:
             raise ValueError(f"INPUT.TEST_SCALE_FACTOR must be > 0, got {scale_factor}")
         self.protocol, self.scale_factor = protocol, scale_factor
@@ -281,7 +281,7 @@ class SemSegTestMapper:
         if self.load_labels and "sem_seg_file_name" in dataset_dict:
             label = read_sem_seg(dataset_dict["sem_seg_file_name"], self.num_classes, self.ignore_label)
         height, width = image.shape[:2]
-        (new_h, new_w), crop = test_resize_shape(height, width, self.protocol)
+        (new_h, new_w), crop = evaluation_resize_shape(height, width, self.protocol)
         if crop is not None:  # the evaluation frame itself changes: transform image and label
             image = _center_crop_pad(CV2ResizeTransform(height, width, new_h, new_w).apply_image(image), crop, 0)
             if label is not None:

@@ -1,0 +1,222 @@
+"""Semantic-segmentation mappers and loaders: resize, crop (cat_max_ratio), flip, colour, padding, test resolution."""
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+
+from vlt import add_vlt_config
+from vlt.data import (
+    SemSegTestMapper,
+    SemSegTrainMapper,
+    build_sem_seg_test_loader,
+    build_sem_seg_train_loader,
+    evaluation_resize_shape,
+    resolve_test_resolution,
+)
+from vlt.data.transforms import ColorJitter, PhotometricDistortion, RandomCropCategoryMaxRatio, RandomResizeRatioRange
+
+
+def make_cfg(name, **input_keys):
+    cfg = get_cfg()
+    add_vlt_config(cfg)
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.INPUT.RESIZE_MODE = "none"
+    cfg.INPUT.CROP.ENABLED = False
+    cfg.INPUT.RANDOM_FLIP = "none"
+    cfg.INPUT.PHOTOMETRIC_DISTORTION = False
+    for key, value in input_keys.items():
+        node, _, leaf = key.rpartition(".")
+        setattr(cfg.INPUT if not node else getattr(cfg.INPUT, node), leaf, value)
+    return cfg
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path, register_dataset):
+    """Factory: write (image, label) pairs and register them as a dataset; returns its name."""
+
+    def make(name, images, labels):
+        records = []
+        for k, (image, label) in enumerate(zip(images, labels)):
+            image_path, label_path = str(tmp_path / f"{name}_{k}.png"), str(tmp_path / f"{name}_{k}_labelTrainIds.png")
+            assert cv2.imwrite(image_path, image[..., ::-1])  # RGB -> BGR file
+            assert cv2.imwrite(label_path, label.astype(np.uint8))
+            records.append({"file_name": image_path, "sem_seg_file_name": label_path, "image_id": str(k)})
+        return register_dataset(name, records, test_resolutions={"rein": "short_32", "native": "native"})
+
+    return make
+
+
+def coordinate_image(height, width):
+    """RGB image whose channels encode x, y and a constant (to check geometric consistency)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    return np.stack([xx % 256, yy % 256, np.full_like(xx, 50)], -1).astype(np.uint8)
+
+
+def test_crop_size_flip_consistency_and_tensors(tiny_dataset):
+    image = coordinate_image(40, 60)
+    label = (np.arange(60)[None, :] % 19).repeat(40, 0)  # label encodes x as well
+    name = tiny_dataset("vlt_test_mapper_crop", [image], [label])
+    keys = {"CROP.ENABLED": True, "CROP.SIZE": (24, 32), "CROP.CAT_MAX_RATIO": 1.0, "RANDOM_FLIP": "horizontal"}
+    mapper = SemSegTrainMapper(make_cfg(name, **keys))
+    flips = set()
+    for seed in range(12):
+        np.random.seed(seed)
+        out = mapper(_record(name))
+        img, sem = out["image"], out["sem_seg"]
+        assert img.dtype == torch.uint8 and img.shape == (3, 24, 32)
+        assert sem.dtype == torch.int64 and sem.shape == (24, 32)
+        assert out["height"] == 40 and out["width"] == 60
+        xs = img[0].long()
+        assert torch.equal(sem, xs % 19)  # image and label cropped / flipped identically
+        flips.add(bool(xs[0, 0] > xs[0, -1]))
+    assert flips == {True, False}
+
+
+def _record(name):
+    from detectron2.data import DatasetCatalog
+
+    return DatasetCatalog.get(name)[0]
+
+
+def test_cat_max_ratio_is_respected():
+    label = np.zeros((20, 100), np.uint8)
+    label[:, 50:] = 1
+    label[:2] = 255  # ignored pixels do not count
+    image = np.zeros((20, 100, 3), np.uint8)
+
+    def fraction_within(ratio):
+        crop_aug = RandomCropCategoryMaxRatio((20, 50), ratio)
+        np.random.seed(0)
+        ok = 0
+        for _ in range(200):
+            crop = crop_aug.get_transform(image, label)
+            window = crop.apply_segmentation(label)
+            counts = np.bincount(window[window != 255], minlength=2)
+            ok += counts.max() < 0.75 * counts.sum()
+        return ok / 200
+
+    # One random crop satisfies it with p = 25/51; ten tries fail with p = 0.51^10 ~ 0.1%.
+    assert fraction_within(0.75) >= 0.97
+    assert 0.3 < fraction_within(1.0) < 0.7
+    single = np.zeros((20, 100), np.uint8)  # no crop can satisfy it: the last try is used
+    crop = RandomCropCategoryMaxRatio((10, 10), 0.75).get_transform(image, single)
+    assert crop.apply_segmentation(single).shape == (10, 10)
+
+
+def test_pad_to_crop_with_ignore_and_divisibility(tiny_dataset):
+    image = coordinate_image(20, 30)
+    label = np.full((20, 30), 3, np.uint8)
+    name = tiny_dataset("vlt_test_mapper_pad", [image], [label])
+    mapper = SemSegTrainMapper(make_cfg(name, **{"CROP.ENABLED": True, "CROP.SIZE": (32, 40)}))
+    out = mapper(_record(name))
+    assert out["image"].shape == (3, 32, 40) and out["sem_seg"].shape == (32, 40)
+    assert (out["sem_seg"][:20, :30] == 3).all() and (out["sem_seg"][20:] == 255).all()
+    assert (out["sem_seg"][:, 30:] == 255).all() and (out["image"][:, 20:] == 0).all()
+    assert torch.equal(out["image"][:, :20, :30], torch.from_numpy(image).permute(2, 0, 1))
+
+    mapper = SemSegTrainMapper(make_cfg(name, SIZE_DIVISIBILITY=16))
+    out = mapper(_record(name))
+    assert out["sem_seg"].shape == (32, 32) and (out["sem_seg"][:, 30:] == 255).all()
+
+
+def test_resize_ratio_range_follows_mmseg_keep_ratio():
+    np.random.seed(0)
+    aug = RandomResizeRatioRange((2048, 1024), (0.5, 0.5))
+    transform = aug.get_transform(np.zeros((1052, 1914, 3), np.uint8))
+    # scale (1024, 512): min(1024 / 1914, 512 / 1052) = 0.48669 -> (512, 932)
+    assert (transform.new_h, transform.new_w) == (512, 932)
+    portrait = aug.get_transform(np.zeros((200, 100, 3), np.uint8))
+    assert (portrait.new_h, portrait.new_w) == (1024, 512)  # long side to 1024, short side 512
+    ratios = []
+    aug = RandomResizeRatioRange((200, 100), (0.5, 2.0))
+    for _ in range(50):
+        t = aug.get_transform(np.zeros((100, 200, 3), np.uint8))
+        ratios.append(t.new_h / 100)
+    assert 0.5 <= min(ratios) < 0.7 and 1.8 < max(ratios) <= 2.0
+
+
+def test_short_side_resize_and_label_nearest(tiny_dataset):
+    image = coordinate_image(40, 80)
+    label = np.zeros((40, 80), np.uint8)
+    label[:, 40:] = 7
+    name = tiny_dataset("vlt_test_mapper_short", [image], [label])
+    cfg = make_cfg(name, RESIZE_MODE="short_side", MIN_SIZE_TRAIN=(20,), MAX_SIZE_TRAIN=1000)
+    out = SemSegTrainMapper(cfg)(_record(name))
+    assert out["image"].shape == (3, 20, 40)
+    assert set(out["sem_seg"].unique().tolist()) == {0, 7}  # nearest: no interpolated label values
+
+
+def test_photometric_distortion_and_color_jitter_change_only_the_image():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    label = rng.integers(0, 19, (16, 16), dtype=np.uint8)
+    np.random.seed(3)
+    changed = 0
+    for aug in [PhotometricDistortion()] * 5 + [ColorJitter(0.8, 0.8, 0.8, 0.1)] * 5:
+        t = aug.get_transform(image)
+        out = t.apply_image(image)
+        assert out.dtype == np.uint8 and out.shape == image.shape
+        assert np.array_equal(t.apply_segmentation(label), label)
+        changed += not np.array_equal(out, image)
+    assert changed >= 8
+    # Brightness alone is a clipped shift (mmseg); contrast alone a clipped scaling.
+    jitter = ColorJitter(brightness=0.5)
+    np.random.seed(1)
+    t = jitter.get_transform(image)
+    out = t.apply_image(image).astype(np.float64)
+    factor = np.median(out[image > 20] / image[image > 20])
+    assert np.allclose(out, np.clip(np.round(image * factor), 0, 255), atol=1)
+
+
+def test_out_of_range_label_fails_in_the_mapper(tiny_dataset):
+    label = np.full((8, 8), 40, np.uint8)
+    name = tiny_dataset("vlt_test_mapper_bad", [coordinate_image(8, 8)], [label])
+    with pytest.raises(ValueError, match=r"vlt_test_mapper_bad_0_labelTrainIds.png.*values \[40\]"):
+        SemSegTrainMapper(make_cfg(name))(_record(name))
+
+
+def test_test_resize_protocols():
+    assert evaluation_resize_shape(1024, 2048, "fit_1024x512") == ((512, 1024), None)
+    assert evaluation_resize_shape(720, 1280, "fit_1024x512") == ((512, 910), None)
+    assert evaluation_resize_shape(1080, 1920, "fit_1920x1080") == ((1080, 1920), None)
+    assert evaluation_resize_shape(1052, 1914, "short_512") == ((512, 932), None)
+    assert evaluation_resize_shape(3000, 4000, "height1536_crop") == ((1536, 2048), 1536)
+    assert evaluation_resize_shape(10, 20, "native") == ((10, 20), None)
+    with pytest.raises(ValueError, match="Unknown test-resolution protocol 'fit_1024'"):
+        evaluation_resize_shape(10, 20, "fit_1024")
+    assert resolve_test_resolution("rein", "cityscapes_fine_val") == "fit_1024x512"
+    assert resolve_test_resolution("robustnet", "cityscapes_fine_val") == "native"
+    assert resolve_test_resolution("robustnet", "mapillary_19_robustnet_val") == "height1536_crop"
+    assert resolve_test_resolution("short_256", "acdc_fog_val") == "short_256"
+
+
+def test_test_mapper_resizes_image_keeps_label_and_size(tiny_dataset):
+    image = coordinate_image(64, 128)
+    label = np.random.default_rng(0).integers(0, 19, (64, 128)).astype(np.uint8)
+    name = tiny_dataset("vlt_test_mapper_test", [image], [label])
+    cfg = make_cfg(name, TEST_RESOLUTION="rein", TEST_SCALE_FACTOR=0.5)  # dataset's "rein": short_32
+    out = SemSegTestMapper(cfg, name)(_record(name))
+    assert out["image"].shape == (3, 16, 32) and (out["height"], out["width"]) == (64, 128)
+    assert out["sem_seg"].dtype == torch.uint8 and np.array_equal(out["sem_seg"].numpy(), label)
+
+    cfg = make_cfg(name, TEST_RESOLUTION="height32_crop")  # RobustNet Mapillary style: labels follow the crop
+    out = SemSegTestMapper(cfg, name)(_record(name))
+    assert out["image"].shape == (3, 32, 32) and (out["height"], out["width"]) == (32, 32)
+    expected = cv2.resize(label, (64, 32), interpolation=cv2.INTER_NEAREST)[:, 16:48]
+    assert np.array_equal(out["sem_seg"].numpy(), expected)
+
+
+def test_loaders_batch_the_mapped_images(tiny_dataset):
+    rng = np.random.default_rng(0)
+    images = [coordinate_image(30, 40) for _ in range(3)]
+    labels = [rng.integers(0, 19, (30, 40)).astype(np.uint8) for _ in range(3)]
+    name = tiny_dataset("vlt_test_mapper_loader", images, labels)
+    cfg = make_cfg(name, **{"CROP.ENABLED": True, "CROP.SIZE": (16, 16)})
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.DATALOADER.NUM_WORKERS = 0
+    batch = next(iter(build_sem_seg_train_loader(cfg)))
+    assert len(batch) == 2 and all(x["image"].shape == (3, 16, 16) for x in batch)
+    cfg.INPUT.TEST_RESOLUTION = "native"
+    outputs = list(build_sem_seg_test_loader(cfg, name))
+    assert len(outputs) == 3 and all(o[0]["image"].shape == (3, 30, 40) for o in outputs)
