@@ -169,6 +169,45 @@ def test_photometric_distortion_and_color_jitter_change_only_the_image():
     assert np.allclose(out, np.clip(np.round(image * factor), 0, 255), atol=1)
 
 
+def _mmseg_convert(img, alpha=1.0, beta=0.0):
+    return np.clip(img.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+
+def _mmseg_distortion(img, contrast, saturation, hue):
+    """mmseg PhotoMetricDistortion steps (uint8 in and out of every step), brightness 0."""
+    if contrast == "first":
+        img = _mmseg_convert(img, alpha=1.3)
+    if saturation:
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        hsv[..., 1] = _mmseg_convert(hsv[..., 1], alpha=0.7)
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if hue is not None:
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0].astype(int) + hue) % 180
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if contrast == "last":
+        img = _mmseg_convert(img, alpha=1.3)
+    return img
+
+
+def test_photometric_distortion_matches_mmseg_steps():
+    image = np.random.default_rng(1).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    aug = PhotometricDistortion(brightness_delta=0, contrast_range=(1.3, 1.3), saturation_range=(0.7, 0.7),
+                                hue_delta=3)
+    candidates = {
+        (c, s, h): _mmseg_distortion(image, c, s, h)
+        for c in (None, "first", "last") for s in (False, True) for h in (None, -3, -2, -1, 0, 1, 2)
+    }
+    np.random.seed(0)
+    hit = set()
+    for _ in range(60):
+        out = aug.get_transform(image).apply_image(image)
+        matches = [key for key, ref in candidates.items() if np.array_equal(out, ref)]
+        assert matches, "output matches no combination of mmseg's steps"
+        hit.update(matches)
+    assert {c for c, _, _ in hit} == {None, "first", "last"} and {s for _, s, _ in hit} == {False, True}
+
+
 def test_out_of_range_label_fails_in_the_mapper(tiny_dataset):
     label = np.full((8, 8), 40, np.uint8)
     name = tiny_dataset("vlt_test_mapper_bad", [coordinate_image(8, 8)], [label])

@@ -149,9 +149,10 @@ class _ImageOnlyTransform(T.ColorTransform):
 
 
 class PhotometricDistortion(Augmentation):
-    """mmseg ``PhotoMetricDistortion`` on RGB images: each step with probability 0.5 — brightness delta
+    """mmseg ``PhotoMetricDistortion`` on uint8 images: each step with probability 0.5 — brightness delta
     U(-32, 32); contrast U(0.5, 1.5) (before or after the HSV steps, at random); saturation U(0.5, 1.5); hue shift
-    U(-18, 18) (OpenCV hue units, 0..180)."""
+    in [-18, 18) in OpenCV's 8-bit hue units (0..180, wrapping). Like mmseg, every step clips to 0..255 and
+    truncates to uint8; each is a per-value map, so it runs as a 256-entry lookup table (``cv2.LUT``)."""
 
     def __init__(self, brightness_delta: int = 32, contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5),
                  hue_delta: int = 18):
@@ -159,33 +160,35 @@ class PhotometricDistortion(Augmentation):
         self.brightness_delta, self.hue_delta = brightness_delta, hue_delta
         self.contrast_range, self.saturation_range = tuple(contrast_range), tuple(saturation_range)
 
+    @staticmethod
+    def _affine_lut(alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+        return np.clip(np.arange(256, dtype=np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
     def get_transform(self, image: np.ndarray) -> Transform:
         rand = np.random
-        brightness = rand.uniform(-self.brightness_delta, self.brightness_delta) if rand.randint(2) else None
+        identity = np.arange(256, dtype=np.uint8)
+        brightness = self._affine_lut(beta=rand.uniform(-self.brightness_delta, self.brightness_delta)) if (
+            rand.randint(2)) else identity
         contrast_first = rand.randint(2) == 1
-        contrast = rand.uniform(*self.contrast_range) if rand.randint(2) else None
-        saturation = rand.uniform(*self.saturation_range) if rand.randint(2) else None
-        hue = rand.randint(-self.hue_delta, self.hue_delta) if rand.randint(2) else None
+        contrast = self._affine_lut(alpha=rand.uniform(*self.contrast_range)) if rand.randint(2) else None
+        saturation = self._affine_lut(alpha=rand.uniform(*self.saturation_range)) if rand.randint(2) else None
+        hue = ((identity.astype(np.int32) + rand.randint(-self.hue_delta, self.hue_delta)) % 180).astype(
+            np.uint8) if rand.randint(2) else None
+        before_hsv = contrast[brightness] if contrast_first and contrast is not None else brightness
+        after_hsv = contrast if not contrast_first else None
 
-        def distort(img: np.ndarray) -> np.ndarray:  # float32 RGB 0..255
-            if brightness is not None:
-                img = np.clip(img + brightness, 0, 255)
-            if contrast_first and contrast is not None:
-                img = np.clip(img * contrast, 0, 255)
-            if saturation is not None or hue is not None:
-                hsv = cv2.cvtColor(img.astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
-                if saturation is not None:
-                    hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
-                if hue is not None:
-                    hsv[..., 0] = (hsv[..., 0] + hue) % 180
-                img = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
-            if not contrast_first and contrast is not None:
-                img = np.clip(img * contrast, 0, 255)
+        def distort(img: np.ndarray) -> np.ndarray:  # uint8 RGB
+            img = cv2.LUT(img, before_hsv)
+            for channel, lut in ((1, saturation), (0, hue)):  # two HSV round trips, as mmseg
+                if lut is not None:
+                    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+                    hsv[..., channel] = cv2.LUT(hsv[..., channel], lut)
+                    img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+            if after_hsv is not None:
+                img = cv2.LUT(img, after_hsv)
             return img
 
-        if brightness is None and contrast is None and saturation is None and hue is None:
-            return NoOpTransform()
-        return _ImageOnlyTransform(distort)
+        return T.ColorTransform(distort)
 
 
 class ColorJitter(Augmentation):
