@@ -280,15 +280,15 @@ def apply_domain(image: np.ndarray, scene: DemoScene, domain: str, rng: np.rando
         noise = rng.normal(0, 0.015, image.shape).astype(np.float32)
         return np.clip(dark + 0.9 * glow[..., None] * warm + noise, 0, 1)
     if domain == "rain":
-        wet = cv2.GaussianBlur(image * 0.8, (0, 0), 0.8)
+        wet = cv2.GaussianBlur(image * 0.75, (0, 0), 1.1)
         gray = wet.mean(axis=2, keepdims=True)
-        wet = 0.75 * wet + 0.25 * gray  # desaturated
+        wet = 0.65 * wet + 0.35 * gray + 0.05  # desaturated, veiled
         streaks = np.zeros((height, width), np.float32)
         angle = rng.uniform(-0.35, 0.35)
-        for _ in range(height * width // 120):
-            y, x, length = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(5, 11)
+        for _ in range(height * width // 90):
+            y, x, length = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(5, 12)
             end = (int(x + length * np.sin(angle)), int(y + length * np.cos(angle)))
-            cv2.line(streaks, (int(x), int(y)), end, float(rng.uniform(0.2, 0.4)), 1, cv2.LINE_AA)
+            cv2.line(streaks, (int(x), int(y)), end, float(rng.uniform(0.25, 0.45)), 1, cv2.LINE_AA)
         return np.clip(wet + streaks[..., None], 0, 1)
     raise ValueError(f"Unknown demo domain '{domain}'; expected one of {DEMO_DOMAINS}")
 
