@@ -6,20 +6,14 @@
 
 Parallel and resumable (existing outputs are kept); the originals are only read.
 """
-import argparse
 import glob
 import os
 
 from vlt.data.cityscapes_classes import LABEL_ID_TO_TRAIN_ID
-from vlt.data.label_conversion import convert_files
+from vlt.data.label_conversion import convert_files, prepare_arguments
 
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "cityscapes"))
-    parser.add_argument("--workers", type=int, default=0, help="processes (0: up to 8)")
-    parser.add_argument("--overwrite", action="store_true", help="rewrite existing outputs")
-    args = parser.parse_args(argv)
+if __name__ == "__main__":
+    args = prepare_arguments(__doc__, "cityscapes")
     sources = sorted(glob.glob(os.path.join(args.root, "gtFine", "*", "*", "*_gtFine_labelIds.png")))
     if not sources:
         raise SystemExit(f"No *_gtFine_labelIds.png under '{os.path.join(args.root, 'gtFine')}' "
@@ -28,7 +22,3 @@ def main(argv=None):
     done, skipped = convert_files(pairs, LABEL_ID_TO_TRAIN_ID, workers=args.workers, overwrite=args.overwrite,
                                   desc="Cityscapes")
     print(f"Cityscapes: converted {done}, kept {skipped} existing")
-
-
-if __name__ == "__main__":
-    main()

@@ -9,13 +9,18 @@ half/validation/images/*.jpg and half/validation/labels_19/*.png at half the wid
 labels from <split>/labels (v1.2 archive) or <split>/v1.2/labels (v2.0 archive). Parallel and resumable (existing
 outputs are kept); the originals are only read.
 """
-import argparse
 import glob
 import os
 
 import cv2
 
-from vlt.data.label_conversion import convert_files, mapillary_by_name_lut, mapillary_robustnet_lut, run_parallel
+from vlt.data.label_conversion import (
+    convert_files,
+    mapillary_by_name_lut,
+    mapillary_robustnet_lut,
+    prepare_arguments,
+    run_parallel,
+)
 
 SPLITS = ("training", "validation")
 
@@ -51,13 +56,10 @@ def half_copy(job) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_root = os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "mapillary_vistas")
-    parser.add_argument("--root", default=default_root)
-    parser.add_argument("--half", action="store_true", help="also write Rein's half-size validation copy")
-    parser.add_argument("--workers", type=int, default=0, help="processes (0: up to 8)")
-    parser.add_argument("--overwrite", action="store_true", help="rewrite existing outputs")
-    args = parser.parse_args(argv)
+    def add_half(parser):
+        parser.add_argument("--half", action="store_true", help="also write Rein's half-size validation copy")
+
+    args = prepare_arguments(__doc__, "mapillary_vistas", argv, add_half)
     luts = {
         "labels_19": mapillary_by_name_lut(find_config(args.root)),
         "labels_19_robustnet": mapillary_robustnet_lut(),

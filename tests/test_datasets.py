@@ -234,6 +234,24 @@ def test_gta5_conversion_is_parallel_resumable_and_keeps_originals(tmp_path):
     assert [open(p, "rb").read() for p in sources] == originals
 
 
+def test_prepare_scripts_convert_gta5_and_cityscapes_layouts(tmp_path, monkeypatch):
+    import runpy
+    import sys
+
+    ids = np.array([[7, 26, 0], [33, 3, 24]], np.uint8)
+    write_label(tmp_path / "gta5" / "labels" / "00001.png", ids)
+    write_label(tmp_path / "cityscapes" / "gtFine" / "val" / "lindau" / "lindau_000000_000019_gtFine_labelIds.png", ids)
+    expected = [[0, 13, 255], [18, 255, 11]]
+    for script, folder, output in (
+        ("prepare_gta5.py", "gta5", "gta5/labels/00001_labelTrainIds.png"),
+        ("prepare_cityscapes.py", "cityscapes",
+         "cityscapes/gtFine/val/lindau/lindau_000000_000019_gtFine_labelTrainIds.png"),
+    ):
+        monkeypatch.setattr(sys, "argv", [script, "--root", str(tmp_path / folder), "--workers", "1"])
+        runpy.run_path(os.path.join("datasets", script), run_name="__main__")
+        assert cv2.imread(str(tmp_path / output), cv2.IMREAD_UNCHANGED).tolist() == expected
+
+
 def test_synthia_conversion(tmp_path):
     classes = np.array([[3, 4, 2, 21], [1, 10, 22, 0], [8, 17, 12, 16]], np.uint16)
     labels = np.zeros((3, 4, 3), np.uint16)

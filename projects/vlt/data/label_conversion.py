@@ -4,6 +4,8 @@ file converter used by ``datasets/prepare_*.py``.
 Each conversion is a 256-entry ``uint8`` lookup table (source id -> train id, 255 = ignore), applied to a decoded
 label map in one indexing operation. Converted files are written next to (never over) the originals.
 """
+import argparse
+import glob
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +31,8 @@ __all__ = [
     "convert_label_file",
     "convert_files",
     "run_parallel",
+    "prepare_arguments",
+    "convert_label_folder",
 ]
 
 # GTA5 (Richter et al. 2016) labels use the Cityscapes label ids.
@@ -176,3 +180,27 @@ def convert_files(
     todo = [(src, dst, lut, reader) for src, dst in pairs if overwrite or not os.path.exists(dst)]
     run_parallel(_convert_one, todo, workers, desc)
     return len(todo), len(pairs) - len(todo)
+
+
+def prepare_arguments(doc: str, folder: str, argv=None, add_arguments: Callable = None) -> argparse.Namespace:
+    """Command line of a ``datasets/prepare_*.py`` script: --root (default $DETECTRON2_DATASETS/<folder>),
+    --workers, --overwrite, plus whatever ``add_arguments(parser)`` adds."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), folder))
+    parser.add_argument("--workers", type=int, default=0, help="processes (0: up to 8)")
+    parser.add_argument("--overwrite", action="store_true", help="rewrite existing outputs")
+    if add_arguments is not None:
+        add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def convert_label_folder(label_dir: str, lut: np.ndarray, args: argparse.Namespace, dataset: str,
+                         reader: Callable[[str], np.ndarray] = read_label_map,
+                         suffix: str = "_labelTrainIds.png") -> None:
+    """Convert every ``label_dir/<n>.png`` to ``label_dir/<n><suffix>`` (GTA5, SYNTHIA layouts) and report."""
+    sources = sorted(p for p in glob.glob(os.path.join(label_dir, "*.png")) if not p.endswith(suffix))
+    if not sources:
+        raise SystemExit(f"No label PNGs in '{label_dir}' (see datasets/README.md, {dataset})")
+    pairs = [(p, p[: -len(".png")] + suffix) for p in sources]
+    done, skipped = convert_files(pairs, lut, reader, args.workers, args.overwrite, desc=dataset)
+    print(f"{dataset}: converted {done}, kept {skipped} existing")
