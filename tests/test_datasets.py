@@ -1,6 +1,7 @@
 """Semantic-segmentation datasets: class tables, registration of each real layout, label conversions, errors."""
 import json
 import os
+import re
 
 import cv2
 import numpy as np
@@ -322,3 +323,20 @@ def test_prepare_mapillary_writes_both_protocols_and_half_copy(tmp_path):
     half = cv2.imread(str(root / "half" / "validation" / "labels_19" / "k1.png"), cv2.IMREAD_UNCHANGED)
     assert half.shape == (2, 4) and half.tolist() == by_name[::2, ::2].tolist()
     assert cv2.imread(str(root / "half" / "validation" / "images" / "k1.jpg")).shape == (2, 4, 3)
+
+
+def test_check_datasets_reports_present_and_broken(data_root, capsys):
+    from importlib import util
+
+    spec = util.spec_from_file_location("check_datasets", "tools/check_datasets.py")
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _gta5(data_root)
+    write_label(data_root / "gta5" / "labels" / "00003_labelTrainIds.png", np.full((8, 12), 77))
+    assert module.main(["--names", "gta5_train", "--verify-labels", "2"]) == 0
+    assert module.main(["--names", "gta5_train", "bdd100k_sem_seg_val", "--verify-labels", "3"]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"\| gta5_train\s+\|\s+3 \|\s+3 \| OK", out)  # first run
+    assert re.search(r"\| gta5_train\s+\|\s+3 \|\s+3 \| ERROR", out)  # the third label is checked too
+    assert "gta5_train: ValueError: Label '" in out and "00003_labelTrainIds.png" in out
+    assert "bdd100k_sem_seg_val: FileNotFoundError: bdd100k_sem_seg_val: dataset root" in out
