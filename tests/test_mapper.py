@@ -208,6 +208,14 @@ def test_photometric_distortion_matches_mmseg_steps():
     assert {c for c, _, _ in hit} == {None, "first", "last"} and {s for _, s, _ in hit} == {False, True}
 
 
+def test_image_is_resized_to_a_differently_sized_label(tiny_dataset):
+    label = np.zeros((20, 30), np.uint8)
+    label[:, 15:] = 5
+    name = tiny_dataset("vlt_test_mapper_size", [coordinate_image(22, 33)], [label])
+    out = SemSegTrainMapper(make_cfg(name))(_record(name))
+    assert out["image"].shape == (3, 20, 30) and torch.equal(out["sem_seg"], torch.from_numpy(label).long())
+
+
 def test_out_of_range_label_fails_in_the_mapper(tiny_dataset):
     label = np.full((8, 8), 40, np.uint8)
     name = tiny_dataset("vlt_test_mapper_bad", [coordinate_image(8, 8)], [label])

@@ -8,6 +8,7 @@ Test: the image is resized to the dataset's evaluation resolution (a protocol pi
 see :func:`evaluation_resize_shape`) times INPUT.TEST_SCALE_FACTOR; "height"/"width" keep the size predictions are
 scored at, and "sem_seg" (uint8) is the ground truth at that size.
 """
+import logging
 import re
 from typing import List, Optional, Sequence, Tuple
 
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 README = "datasets/README.md"
+logger = logging.getLogger(__name__)
 
 
 def read_image(path: str, image_format: str = "RGB") -> np.ndarray:
@@ -141,6 +143,16 @@ def _center_crop_pad(array: np.ndarray, size: int, pad_value: int) -> np.ndarray
     return array
 
 
+def _match_label_size(image: np.ndarray, label: np.ndarray, dataset_dict: dict) -> np.ndarray:
+    """The image resized to its label's size if they differ (a few GTA5 pairs do; RobustNet resizes the image
+    the same way), with a warning naming both files."""
+    if image.shape[:2] == label.shape:
+        return image
+    logger.warning("Image '%s' is %s but its label '%s' is %s: resizing the image to the label",
+                   dataset_dict["file_name"], image.shape[:2], dataset_dict["sem_seg_file_name"], label.shape)
+    return cv2.resize(image, (label.shape[1], label.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
 def _pad_bottom_right(array: np.ndarray, height: int, width: int, value: int) -> np.ndarray:
     pad_h, pad_w = height - array.shape[0], width - array.shape[1]
     if pad_h <= 0 and pad_w <= 0:
@@ -224,9 +236,7 @@ class SemSegTrainMapper:
             raise KeyError(f"Training image '{dataset_dict.get('file_name')}' has no sem_seg_file_name")
         image = read_image(dataset_dict["file_name"], self.image_format)
         label = read_sem_seg(dataset_dict["sem_seg_file_name"], self.num_classes, self.ignore_label)
-        if image.shape[:2] != label.shape:
-            raise ValueError(f"Image '{dataset_dict['file_name']}' is {image.shape[:2]} but its label "
-                             f"'{dataset_dict['sem_seg_file_name']}' is {label.shape}")
+        image = _match_label_size(image, label, dataset_dict)
         height, width = label.shape
         aug_input = T.AugInput(image, sem_seg=label)
         self.augmentations(aug_input)
@@ -280,6 +290,7 @@ class SemSegTestMapper:
         label = None
         if self.load_labels and "sem_seg_file_name" in dataset_dict:
             label = read_sem_seg(dataset_dict["sem_seg_file_name"], self.num_classes, self.ignore_label)
+            image = _match_label_size(image, label, dataset_dict)
         height, width = image.shape[:2]
         (new_h, new_w), crop = evaluation_resize_shape(height, width, self.protocol)
         if crop is not None:  # the evaluation frame itself changes: transform image and label
