@@ -97,7 +97,8 @@ def evaluation_resize_shape(height: int, width: int, protocol: str) -> Tuple[Tup
 
     Protocols: "native" (unchanged); "fit_WxH" (mmseg keep-ratio resize into W x H, e.g. fit_1024x512 turns a
     Cityscapes image into 1024x512: Rein / VLTSeg DG tests); "short_N" (short side N); "heightN_crop" (height N,
-    then centre crop / pad to N x N, labels too: RobustNet / FAMix Mapillary). ``crop`` is N for the last one.
+    then centre crop / pad to N x N, labels too (padded with ignore): RobustNet / FAMix Mapillary, whose
+    ResizeHeight is bicubic and truncates the width). ``crop`` is N for the last one.
     """
     if protocol == "native":
         return (height, width), None
@@ -108,7 +109,7 @@ def evaluation_resize_shape(height: int, width: int, protocol: str) -> Tuple[Tup
         factor = int(_SHORT.match(protocol).group(1)) / min(height, width)
     elif _HEIGHT_CROP.match(protocol):
         size = int(_HEIGHT_CROP.match(protocol).group(1))
-        return (size, int(width * size / height + 0.5)), size
+        return (size, int(width / height * size)), size  # RobustNet ResizeHeight truncates the width
     else:
         raise ValueError(
             f"Unknown test-resolution protocol '{protocol}': expected native, fit_<W>x<H>, short_<N> or "
@@ -132,9 +133,9 @@ def resolve_test_resolution(setting: str, dataset_name: str) -> str:
 
 
 def _center_crop_pad(array: np.ndarray, size: int, pad_value: int) -> np.ndarray:
-    """Centre crop / pad the width (and height) of [H, W, ...] to size x size."""
+    """Centre crop / pad [H, W, ...] to size x size (RobustNet CenterCropPad: offsets round((W - size) / 2))."""
     height, width = array.shape[:2]
-    y0, x0 = max((height - size) // 2, 0), max((width - size) // 2, 0)
+    y0, x0 = max(int(round((height - size) / 2)), 0), max(int(round((width - size) / 2)), 0)
     array = array[y0 : y0 + size, x0 : x0 + size]
     pad_h, pad_w = size - array.shape[0], size - array.shape[1]
     if pad_h or pad_w:
@@ -294,7 +295,8 @@ class SemSegTestMapper:
         height, width = image.shape[:2]
         (new_h, new_w), crop = evaluation_resize_shape(height, width, self.protocol)
         if crop is not None:  # the evaluation frame itself changes: transform image and label
-            image = _center_crop_pad(CV2ResizeTransform(height, width, new_h, new_w).apply_image(image), crop, 0)
+            image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_CUBIC)  # RobustNet: bicubic
+            image = _center_crop_pad(image, crop, 0)
             if label is not None:
                 label = CV2ResizeTransform(height, width, new_h, new_w).apply_segmentation(label)
                 label = _center_crop_pad(label, crop, self.ignore_label)
