@@ -186,6 +186,18 @@ def test_registration_lists_the_layout(data_root, make, name, count, image_rel, 
     assert all(os.path.isfile(d["file_name"]) for d in dicts)
 
 
+def test_gta5_robustnet_split_lists(data_root):
+    _gta5(data_root)
+    with pytest.raises(FileNotFoundError, match=r"gtav_split_val.txt' not found"):
+        DatasetCatalog.get("gta5_robustnet_val")
+    (data_root / "gta5" / "gtav_split_val.txt").write_text("00003.png\n00001.png\n")
+    dicts = DatasetCatalog.get("gta5_robustnet_val")
+    assert [os.path.basename(d["file_name"]) for d in dicts] == ["00003.png", "00001.png"]
+    (data_root / "gta5" / "gtav_split_train.txt").write_text("00002.png\n09999.png\n")
+    with pytest.raises(FileNotFoundError, match=r"1 listed images are not in"):
+        DatasetCatalog.get("gta5_robustnet_train")
+
+
 # ---------------------------------------------------------------------------------------------------------- errors
 def test_missing_root_names_the_path(data_root):
     with pytest.raises(FileNotFoundError, match=r"dataset root '.*gta5' not found.*datasets/README.md"):

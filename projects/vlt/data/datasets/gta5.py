@@ -5,12 +5,14 @@ Layout (the ten official image / label archives unpacked into one folder)::
     gta5/images/<5 digits>.png
     gta5/labels/<5 digits>.png                  official label ids (palette PNG)
     gta5/labels/<5 digits>_labelTrainIds.png    train ids, written by ``python datasets/prepare_gta5.py``
+    gta5/gtav_split_{train,val}.txt             optional: RobustNet's split lists (one "<n>.png" per line)
 
-``gta5_train`` holds all 24,966 images, as Rein and VLTSeg train on.
+``gta5_train`` holds all 24,966 images, as Rein and VLTSeg train on. ``gta5_robustnet_{train,val}`` are the
+subsets of RobustNet's split lists (FAMix trains on them; copy them from its release, datasets/gta5_list/).
 """
 import os
 
-from .common import datasets_root, list_image_label_pairs, register_sem_seg
+from .common import README, datasets_root, list_image_label_pairs, register_sem_seg
 
 __all__ = ["load_gta5", "register_gta5"]
 
@@ -18,15 +20,33 @@ SECTION = "GTA5"
 TEST_RESOLUTIONS = {"rein": "native", "robustnet": "native", "native": "native"}
 
 
-def load_gta5(root: str = ""):
-    """Dataset dicts of all GTA5 images under ``root`` (default $DETECTRON2_DATASETS/gta5)."""
+def load_gta5(root: str = "", split_list: str = ""):
+    """Dataset dicts of the GTA5 images under ``root`` (default $DETECTRON2_DATASETS/gta5): all of them, or those
+    named in ``root/<split_list>``."""
     root = root or os.path.join(datasets_root(), "gta5")
-    return list_image_label_pairs(
+    dicts = list_image_label_pairs(
         root, "gta5_train", SECTION, os.path.join(root, "images"), ".png", os.path.join(root, "labels"),
         "_labelTrainIds.png", prepare_hint="run: python datasets/prepare_gta5.py",
     )
+    if not split_list:
+        return dicts
+    list_path = os.path.join(root, split_list)
+    if not os.path.isfile(list_path):
+        raise FileNotFoundError(f"GTA5 split list '{list_path}' not found: copy RobustNet's / FAMix's "
+                                f"datasets/gta5_list/{split_list} there ({README}, section 'GTA5')")
+    with open(list_path) as f:
+        names = [line.strip() for line in f if line.strip()]
+    by_name = {os.path.basename(d["file_name"]): d for d in dicts}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise FileNotFoundError(f"{list_path}: {len(missing)} listed images are not in '{root}/images', e.g. "
+                                f"{missing[:3]}")
+    return [by_name[n] for n in names]
 
 
 def register_gta5():
-    """Register gta5_train."""
+    """Register gta5_train (all images) and gta5_robustnet_{train,val} (RobustNet split lists)."""
     register_sem_seg("gta5_train", load_gta5, TEST_RESOLUTIONS)
+    for split in ("train", "val"):
+        register_sem_seg(f"gta5_robustnet_{split}", lambda split=split: load_gta5(split_list=f"gtav_split_{split}.txt"),
+                         TEST_RESOLUTIONS)
