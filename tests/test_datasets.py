@@ -348,7 +348,8 @@ def test_check_datasets_reports_present_and_broken(data_root, capsys):
     assert module.main(["--names", "gta5_train", "--verify-labels", "2"]) == 0
     assert module.main(["--names", "gta5_train", "bdd100k_sem_seg_val", "--verify-labels", "3"]) == 1
     out = capsys.readouterr().out
-    assert re.search(r"\| gta5_train\s+\|\s+3 \|\s+3 \| OK", out)  # first run
-    assert re.search(r"\| gta5_train\s+\| 3\s+\| 3\s+\| ERROR", out)  # the third label is checked too
+    assert re.search(r"\| gta5_train\s+\| yes\s+\|\s+3 \|\s+3 \| OK", out)  # first run
+    assert re.search(r"\| gta5_train\s+\| yes\s+\| 3\s+\| 3\s+\| ERROR", out)  # the third label is checked
+    assert re.search(r"\| bdd100k_sem_seg_val\s+\| no\s+\| -", out)
     assert "gta5_train: ValueError: Label '" in out and "00003_labelTrainIds.png" in out
     assert "bdd100k_sem_seg_val: FileNotFoundError: bdd100k_sem_seg_val: dataset root" in out

@@ -20,7 +20,9 @@ from vlt.data.semantic_mapper import read_sem_seg
 
 def check(name: str, verify_labels: int = 0) -> dict:
     """One row of the report for dataset ``name``."""
-    row = {"dataset": name, "images": "-", "labels": "-", "status": "OK"}
+    folder = MetadataCatalog.get(name).get("dataset_folder", None)
+    root = "?" if folder is None else ("yes" if os.path.isdir(os.path.join(datasets_root(), folder)) else "no")
+    row = {"dataset": name, "root": root, "images": "-", "labels": "-", "status": "OK"}
     try:
         dicts = DatasetCatalog.get(name)
         row["images"] = len(dicts)
@@ -42,8 +44,8 @@ def main(argv=None) -> int:
     names = args.names or SEM_SEG_DATASETS
     print(f"DETECTRON2_DATASETS root: {os.path.abspath(datasets_root())}")
     rows = [check(name, args.verify_labels) for name in names]
-    table = [[r["dataset"], r["images"], r["labels"], "OK" if r["status"] == "OK" else "ERROR"] for r in rows]
-    print(tabulate(table, headers=["dataset", "images", "labels", "status"], tablefmt="github"))
+    table = [[*list(r.values())[:4], "OK" if r["status"] == "OK" else "ERROR"] for r in rows]
+    print(tabulate(table, headers=["dataset", "root present", "images", "labels", "status"], tablefmt="github"))
     for r in rows:
         if r["status"] != "OK":
             print(f"\n{r['dataset']}: {r['status']}")

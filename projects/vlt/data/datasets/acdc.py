@@ -40,5 +40,5 @@ def register_acdc():
         for split in ("train", "val", "test"):
             register_sem_seg(
                 f"acdc_{condition}_{split}", lambda c=condition, s=split: load_acdc(c, s), TEST_RESOLUTIONS,
-                has_labels=split != "test", submission_format="acdc",
+                has_labels=split != "test", submission_format="acdc", dataset_folder="acdc",
             )

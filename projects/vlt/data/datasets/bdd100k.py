@@ -27,4 +27,5 @@ def load_bdd100k_sem_seg(split: str, root: str = ""):
 def register_bdd100k():
     """Register bdd100k_sem_seg_{train,val}."""
     for split in ("train", "val"):
-        register_sem_seg(f"bdd100k_sem_seg_{split}", lambda split=split: load_bdd100k_sem_seg(split), TEST_RESOLUTIONS)
+        register_sem_seg(f"bdd100k_sem_seg_{split}", lambda split=split: load_bdd100k_sem_seg(split), TEST_RESOLUTIONS,
+                         dataset_folder="bdd100k")

@@ -40,5 +40,5 @@ def register_cityscapes():
         register_sem_seg(
             f"cityscapes_fine_{split}",
             lambda split=split, labelled=labelled: load_cityscapes_fine(split, with_labels=labelled),
-            TEST_RESOLUTIONS, has_labels=labelled, submission_format="cityscapes",
+            TEST_RESOLUTIONS, has_labels=labelled, submission_format="cityscapes", dataset_folder="cityscapes",
         )

@@ -111,7 +111,8 @@ def register_sem_seg(
     **metadata,
 ) -> None:
     """Register a semantic-segmentation dataset: a lazy ``loader`` and its metadata (19 Cityscapes classes by
-    default, ignore 255, mIoU evaluation, the test-resolution protocol of each preset)."""
+    default, ignore 255, mIoU evaluation, the test-resolution protocol of each preset; ``dataset_folder``: its
+    folder under $DETECTRON2_DATASETS, for tools/check_datasets.py)."""
     unknown = set(test_resolutions) - set(TEST_RESOLUTION_PRESETS)
     if unknown or "native" not in test_resolutions:
         raise ValueError(f"{name}: test_resolutions keys must be among {TEST_RESOLUTION_PRESETS} incl. 'native'")

@@ -46,7 +46,7 @@ def load_gta5(root: str = "", split_list: str = ""):
 
 def register_gta5():
     """Register gta5_train (all images) and gta5_robustnet_{train,val} (RobustNet split lists)."""
-    register_sem_seg("gta5_train", load_gta5, TEST_RESOLUTIONS)
+    register_sem_seg("gta5_train", load_gta5, TEST_RESOLUTIONS, dataset_folder="gta5")
     for split in ("train", "val"):
         register_sem_seg(f"gta5_robustnet_{split}", lambda split=split: load_gta5(split_list=f"gtav_split_{split}.txt"),
-                         TEST_RESOLUTIONS)
+                         TEST_RESOLUTIONS, dataset_folder="gta5")

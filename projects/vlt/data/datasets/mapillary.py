@@ -48,8 +48,10 @@ def register_mapillary():
                 f"mapillary_19{protocol}_{split}",
                 lambda split=split, protocol=protocol: load_mapillary_19(split, protocol),
                 TEST_RESOLUTIONS, label_protocol="robustnet_by_id" if protocol else "by_name",
+                dataset_folder="mapillary_vistas",
             )
     register_sem_seg(
         "mapillary_19_half_val", lambda: load_mapillary_19("val", half=True),
         {"rein": "fit_1024x512", "robustnet": "fit_1024x512", "native": "native"}, label_protocol="by_name",
+        dataset_folder="mapillary_vistas",
     )

@@ -32,4 +32,5 @@ def load_synthia(root: str = ""):
 
 def register_synthia():
     """Register synthia_train (19 train ids; 16-class protocol via metadata miou_16_train_ids)."""
-    register_sem_seg("synthia_train", load_synthia, TEST_RESOLUTIONS, miou_16_train_ids=list(SYNTHIA_16_TRAIN_IDS))
+    register_sem_seg("synthia_train", load_synthia, TEST_RESOLUTIONS, miou_16_train_ids=list(SYNTHIA_16_TRAIN_IDS),
+                     dataset_folder="synthia")

@@ -41,5 +41,5 @@ def register_vlt_demo():
     for name, (split, domain) in DEMO_DATASETS.items():
         register_sem_seg(
             name, lambda split=split, domain=domain: load_vlt_demo(split, domain), TEST_RESOLUTIONS,
-            domain=domain, submission_format="cityscapes",
+            domain=domain, submission_format="cityscapes", dataset_folder="vlt_demo",
         )
