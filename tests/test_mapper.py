@@ -160,7 +160,7 @@ def test_photometric_distortion_and_color_jitter_change_only_the_image():
         assert np.array_equal(t.apply_segmentation(label), label)
         changed += not np.array_equal(out, image)
     assert changed >= 8
-    # Brightness alone is a clipped shift (mmseg); contrast alone a clipped scaling.
+    # torchvision brightness alone: a clipped scaling by one factor.
     jitter = ColorJitter(brightness=0.5)
     np.random.seed(1)
     t = jitter.get_transform(image)
