@@ -1,1 +1,35 @@
-"""VLT evaluation."""
+"""VLT evaluation: mIoU over several targets, and test-server export."""
+from .export import (
+    ACDC_CONDITIONS,
+    CITYSCAPES_TRAIN_ID_TO_LABEL_ID,
+    SemSegSubmissionWriter,
+    acdc_condition,
+    cityscapes_result_name,
+    image_condition,
+    train_ids_to_label_ids,
+)
+from .multi_target import multi_target_table, write_multi_target_table
+from .sem_seg_evaluation import (
+    SemSegMIoUEvaluator,
+    confusion_histogram,
+    evaluate_label_files,
+    read_label_png,
+    segmentation_metrics,
+)
+
+__all__ = [
+    "SemSegMIoUEvaluator",
+    "SemSegSubmissionWriter",
+    "write_multi_target_table",
+    "multi_target_table",
+    "confusion_histogram",
+    "segmentation_metrics",
+    "evaluate_label_files",
+    "read_label_png",
+    "CITYSCAPES_TRAIN_ID_TO_LABEL_ID",
+    "ACDC_CONDITIONS",
+    "train_ids_to_label_ids",
+    "cityscapes_result_name",
+    "acdc_condition",
+    "image_condition",
+]

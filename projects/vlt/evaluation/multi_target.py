@@ -1,0 +1,133 @@
+"""One table for several test sets (domain generalization: one source, many targets).
+
+Rows: every dataset, and every per-condition result of a dataset (e.g. ACDC fog/night/rain/snow) as
+``<dataset>/<condition>``; columns: mIoU and the IoU of each class; a last row "mean over targets" averages the
+dataset rows (not the condition rows). A summary line, as papers print it, has one mIoU column per target and
+their mean. Logged with tabulate and saved to ``<output_dir>/multi_target.{json,csv}`` and
+``multi_target_summary.csv``.
+"""
+import csv
+import json
+import logging
+import math
+import os
+from collections import OrderedDict
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from detectron2.utils.file_io import PathManager
+from tabulate import tabulate
+
+from .sem_seg_evaluation import json_safe
+
+__all__ = ["multi_target_table", "write_multi_target_table"]
+
+logger = logging.getLogger(__name__)
+
+MEAN_ROW = "mean over targets"
+
+
+def _is_metrics(value) -> bool:
+    return isinstance(value, Mapping) and "mIoU" in value
+
+
+def _nanmean(values: Sequence[Optional[float]]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def multi_target_table(
+    results: Mapping[str, Mapping], task: str = "sem_seg", dataset_names: Optional[Sequence[str]] = None
+) -> Dict:
+    """Rows of the multi-target table from ``{dataset: {task: metrics, task/<condition>: metrics}}``.
+
+    ``results`` may also be one dataset's results (``{task: metrics}``, what Detectron2's ``DefaultTrainer.test``
+    returns for a single test set); its row is then named ``dataset_names[0]`` (default "test").
+    Datasets without ``task`` results (e.g. detection sets) are left out.
+
+    Returns:
+        {"classes": [...], "rows": [{"name", "dataset", "condition", "mIoU", "IoU": {class: value}}],
+         "mean": row or None, "summary": {dataset: mIoU, ..., "mean": value}}
+    """
+    if any(_is_metrics(v) for v in results.values()):  # a single dataset's results
+        name = dataset_names[0] if dataset_names else "test"
+        results = OrderedDict([(name, results)])
+    classes: List[str] = []
+    rows = []
+    prefix = task + "/"
+    for dataset, dataset_results in results.items():
+        if not isinstance(dataset_results, Mapping) or not _is_metrics(dataset_results.get(task)):
+            logger.info(f"multi-target table: no {task} results for {dataset}, left out")
+            continue
+        entries = [(None, dataset_results[task])]
+        entries += [
+            (k[len(prefix) :], v) for k, v in dataset_results.items() if k.startswith(prefix) and _is_metrics(v)
+        ]
+        for condition, metrics in entries:
+            ious = OrderedDict((k[len("IoU-") :], float(v)) for k, v in metrics.items() if k.startswith("IoU-"))
+            classes += [c for c in ious if c not in classes]
+            rows.append({
+                "name": dataset if condition is None else f"{dataset}/{condition}",
+                "dataset": dataset,
+                "condition": condition,
+                "mIoU": float(metrics["mIoU"]),
+                "IoU": ious,
+            })
+    targets = [r for r in rows if r["condition"] is None]
+    mean = None
+    if len(targets) > 1:
+        mean = {
+            "name": MEAN_ROW, "dataset": None, "condition": None,
+            "mIoU": _nanmean([r["mIoU"] for r in targets]),
+            "IoU": OrderedDict((c, _nanmean([r["IoU"].get(c) for r in targets])) for c in classes),
+        }
+    summary = OrderedDict((r["dataset"], r["mIoU"]) for r in targets)
+    summary["mean"] = _nanmean(list(summary.values()))
+    return {"classes": classes, "rows": rows, "mean": mean, "summary": summary}
+
+
+def write_multi_target_table(
+    results: Mapping[str, Mapping],
+    output_dir: str,
+    task: str = "sem_seg",
+    dataset_names: Optional[Sequence[str]] = None,
+    basename: str = "multi_target",
+) -> str:
+    """Log the multi-target table and save it as JSON + CSV in ``output_dir``; returns the printed text.
+
+    Args:
+        results: ``OrderedDict`` dataset name -> results of ``inference_on_dataset`` (see :func:`multi_target_table`).
+        output_dir: usually cfg.OUTPUT_DIR.
+        dataset_names: names for a single dataset's results (cfg.DATASETS.TEST).
+    """
+    table = multi_target_table(results, task, dataset_names)
+    if not table["rows"]:
+        logger.info(f"multi-target table: no {task} results")
+        return ""
+    classes = table["classes"]
+    all_rows = table["rows"] + ([table["mean"]] if table["mean"] else [])
+    header = ["dataset", "mIoU"] + classes
+    body = [[r["name"], r["mIoU"]] + [r["IoU"].get(c, float("nan")) for c in classes] for r in all_rows]
+    summary_header = list(table["summary"])
+    summary_body = [list(table["summary"].values())]
+    text = (
+        tabulate(body, headers=header, floatfmt=".2f", tablefmt="pipe")
+        + "\n\n"
+        + tabulate(summary_body, headers=summary_header, floatfmt=".2f", tablefmt="pipe")
+    )
+    logger.info(f"Semantic segmentation, all targets (IoU %):\n{text}")
+
+    PathManager.mkdirs(output_dir)
+    with PathManager.open(os.path.join(output_dir, f"{basename}.json"), "w") as f:
+        json.dump(json_safe(table), f, indent=1)
+    _write_csv(os.path.join(output_dir, f"{basename}.csv"), header, body)
+    _write_csv(os.path.join(output_dir, f"{basename}_summary.csv"), summary_header, summary_body)
+    return text
+
+
+def _write_csv(path: str, header: Sequence[str], rows: Sequence[Sequence]):
+    with PathManager.open(path, "w") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
+

@@ -1,0 +1,146 @@
+"""Shared pytest fixtures: cityscapesscripts under current NumPy, tiny datasets in the real folder layouts."""
+import importlib
+import os
+from typing import Dict, List, Sequence
+
+import cv2
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+
+@pytest.fixture
+def cityscapes_pixel_eval(tmp_path, monkeypatch):
+    """cityscapesscripts' ``evalPixelLevelSemanticLabeling`` module, quiet and without its JSON export.
+
+    cityscapesscripts 2.3.0 calls ``np.in1d``, removed in NumPy 2.4: it is aliased to ``np.isin`` (same
+    semantics) for the test only. The module also needs ``CITYSCAPES_EXPORT_DIR`` to exist when imported.
+    """
+    if not hasattr(np, "in1d"):
+        monkeypatch.setattr(np, "in1d", np.isin, raising=False)
+    export_dir = tmp_path / "cityscapes_export"
+    export_dir.mkdir()
+    monkeypatch.setenv("CITYSCAPES_EXPORT_DIR", str(export_dir))
+    module = importlib.import_module("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
+    for key, value in {"quiet": True, "JSONOutput": False, "colorized": False, "evalPixelAccuracy": False,
+                       "predictionPath": None, "predictionWalk": None}.items():
+        monkeypatch.setattr(module.args, key, value)
+    return module
+
+
+def _cityscapes_label_to_train_id() -> np.ndarray:
+    """labelId -> trainId (255 for ignored ids), from cityscapesscripts' own label table."""
+    from cityscapesscripts.helpers.labels import labels
+
+    lut = np.full(256, 255, dtype=np.uint8)
+    for label in labels:
+        if label.id >= 0 and 0 <= label.trainId < 255:
+            lut[label.id] = label.trainId
+    return lut
+
+
+def random_regions(rng: np.random.Generator, height: int, width: int, values: Sequence[int]) -> np.ndarray:
+    """A label map of blocky random regions (like a coarse segmentation) with values drawn from ``values``."""
+    cells = rng.choice(np.asarray(values), size=(max(height // 8, 1), max(width // 8, 1)))
+    labels = cv2.resize(cells.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+    for _ in range(4):  # a few off-grid rectangles
+        y, x = rng.integers(0, height), rng.integers(0, width)
+        labels[y : y + rng.integers(1, height // 2 + 2), x : x + rng.integers(1, width // 2 + 2)] = rng.choice(values)
+    return labels
+
+
+@pytest.fixture
+def make_cityscapes_split():
+    """Factory: write a Cityscapes-layout split under ``root`` and return its dataset dicts.
+
+    ``root/leftImg8bit/<split>/<city>/<city>_000000_<frame>_leftImg8bit.png`` and
+    ``root/gtFine/<split>/<city>/..._gtFine_{labelIds,labelTrainIds,instanceIds}.png``; ground truth drawn from all
+    Cityscapes label ids (ignored ones included). Dicts carry ``sem_seg_file_name`` (train ids) and
+    ``label_ids_file_name``.
+    """
+
+    def make(root, split="val", num_images=4, size=(48, 96), cities=("frankfurt", "lindau"), seed=0, labels=True):
+        rng = np.random.default_rng(seed)
+        label_to_train = _cityscapes_label_to_train_id()
+        height, width = size
+        records: List[Dict] = []
+        for i in range(num_images):
+            city = cities[i % len(cities)]
+            stem = f"{city}_000000_{i:06d}"
+            image_dir = os.path.join(root, "leftImg8bit", split, city)
+            gt_dir = os.path.join(root, "gtFine", split, city)
+            os.makedirs(image_dir, exist_ok=True)
+            image_path = os.path.join(image_dir, f"{stem}_leftImg8bit.png")
+            cv2.imwrite(image_path, rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+            record = {"file_name": image_path, "height": height, "width": width, "image_id": stem}
+            if labels:
+                os.makedirs(gt_dir, exist_ok=True)
+                label_ids = random_regions(rng, height, width, list(range(34)))
+                paths = {kind: os.path.join(gt_dir, f"{stem}_gtFine_{kind}.png")
+                         for kind in ("labelIds", "labelTrainIds", "instanceIds")}
+                cv2.imwrite(paths["labelIds"], label_ids)
+                cv2.imwrite(paths["labelTrainIds"], label_to_train[label_ids])
+                cv2.imwrite(paths["instanceIds"], label_ids)  # no instances (ids < 1000)
+                record.update(sem_seg_file_name=paths["labelTrainIds"], label_ids_file_name=paths["labelIds"])
+            records.append(record)
+        return records
+
+    return make
+
+
+@pytest.fixture
+def make_acdc_split():
+    """Factory: write an ACDC-layout split and return its dataset dicts (with ``condition``-free paths only).
+
+    ``root/rgb_anon/<cond>/<split>/<seq>/<seq>_frame_<k>_rgb_anon.png`` and
+    ``root/gt/<cond>/<split>/<seq>/<seq>_frame_<k>_gt_labelTrainIds.png`` (train ids 0..18 and 255).
+    """
+
+    def make(root, split="val", conditions=("fog", "night"), per_condition=2, size=(36, 64), seed=0, labels=True):
+        rng = np.random.default_rng(seed)
+        height, width = size
+        records: List[Dict] = []
+        for c, condition in enumerate(conditions):
+            sequence = f"GOPR0{400 + c}"
+            image_dir = os.path.join(root, "rgb_anon", condition, split, sequence)
+            gt_dir = os.path.join(root, "gt", condition, split, sequence)
+            os.makedirs(image_dir, exist_ok=True)
+            for k in range(per_condition):
+                stem = f"{sequence}_frame_{k:06d}"
+                image_path = os.path.join(image_dir, f"{stem}_rgb_anon.png")
+                cv2.imwrite(image_path, rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+                record = {"file_name": image_path, "height": height, "width": width, "image_id": stem}
+                if labels:
+                    os.makedirs(gt_dir, exist_ok=True)
+                    gt_path = os.path.join(gt_dir, f"{stem}_gt_labelTrainIds.png")
+                    cv2.imwrite(gt_path, random_regions(rng, height, width, list(range(19)) + [255]))
+                    record["sem_seg_file_name"] = gt_path
+                records.append(record)
+        return records
+
+    return make
+
+
+CITYSCAPES_CLASSES = [
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+]
+
+
+@pytest.fixture
+def register_dataset():
+    """Factory: register ``name`` -> dicts in the Detectron2 catalogs (19 Cityscapes classes by default)."""
+    names = []
+
+    def register(name, records, **metadata):
+        DatasetCatalog.register(name, lambda: records)
+        metadata.setdefault("stuff_classes", CITYSCAPES_CLASSES)
+        metadata.setdefault("ignore_label", 255)
+        MetadataCatalog.get(name).set(**metadata)
+        names.append(name)
+        return name
+
+    yield register
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

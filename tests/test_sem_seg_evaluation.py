@@ -1,0 +1,302 @@
+"""mIoU evaluator (vlt.evaluation.sem_seg_evaluation) and the multi-target table (vlt.evaluation.multi_target)."""
+import csv
+import json
+import math
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vlt.evaluation import (
+    SemSegMIoUEvaluator,
+    confusion_histogram,
+    evaluate_label_files,
+    multi_target_table,
+    segmentation_metrics,
+    train_ids_to_label_ids,
+    write_multi_target_table,
+)
+from vlt.evaluation import sem_seg_evaluation as sem_seg_module
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+# ------------------------------------------------------------------------------------------ confusion + metrics
+HAND_GT = np.array([[0, 0, 1, 1], [2, 2, 255, 255]], dtype=np.uint8)
+HAND_PRED = np.array([[0, 1, 1, 1], [2, 0, 2, 0]])
+# valid pairs (gt, pred): (0,0) (0,1) (1,1) (1,1) (2,2) (2,0)
+HAND_CONFUSION = np.array([[1, 1, 0], [0, 2, 0], [1, 0, 1]])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("gt_dtype", [np.uint8, np.int64])
+def test_confusion_histogram_hand_case(device, gt_dtype):
+    hist = confusion_histogram(HAND_GT.astype(gt_dtype), torch.as_tensor(HAND_PRED, device=device), 3, 255)
+    assert hist.device.type == device
+    hist = hist.cpu().numpy()
+    np.testing.assert_array_equal(hist[:3], HAND_CONFUSION)
+    np.testing.assert_array_equal(hist[3], [1, 0, 1])  # the two ignored pixels, predicted 2 and 0
+    assert hist[3].sum() == 2 and hist[4].sum() == 0
+
+
+def test_metrics_hand_case():
+    names = ["a", "b", "c"]
+    res = segmentation_metrics(HAND_CONFUSION, names)
+    # IoU: a 1/(2+2-1), b 2/(2+3-2), c 1/(2+1-1); acc: 1/2, 2/2, 1/2
+    assert res["IoU-a"] == pytest.approx(100 / 3) and res["IoU-b"] == pytest.approx(200 / 3)
+    assert res["IoU-c"] == pytest.approx(50)
+    assert res["mIoU"] == pytest.approx(50) and res["mACC"] == pytest.approx(200 / 3)
+    assert res["pACC"] == pytest.approx(400 / 6) and res["fwIoU"] == pytest.approx(50)
+
+
+def test_metrics_absent_classes_follow_cityscapes_convention():
+    # class 2 predicted but never in the ground truth -> IoU 0, counted; class 3 nowhere -> NaN, left out
+    confusion = np.array([[3, 0, 1, 0], [0, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    res = segmentation_metrics(confusion, ["a", "b", "c", "d"])
+    assert res["IoU-c"] == 0 and math.isnan(res["IoU-d"]) and math.isnan(res["ACC-c"])
+    assert res["mIoU"] == pytest.approx(100 * (3 / 4 + 1 + 0) / 3)
+    assert res["mACC"] == pytest.approx(100 * (3 / 4 + 1) / 2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_confusion_histogram_matches_numpy_reference(device):
+    rng = np.random.default_rng(0)
+    num = 19
+    for shape in [(37, 1023), (64, 128), (1, 5)]:  # widths not multiples of the CPU lanes too
+        gt = rng.integers(0, num, shape).astype(np.uint8)
+        gt[rng.random(shape) < 0.1] = 255
+        gt[rng.random(shape) < 0.01] = 40  # outside the label space
+        pred = torch.as_tensor(rng.integers(0, num, shape), device=device)
+        hist = confusion_histogram(gt, pred, num, 255).cpu().numpy()
+        valid = gt < num
+        ref = np.bincount(gt[valid].astype(int) * num + pred.cpu().numpy()[valid], minlength=num * num)
+        np.testing.assert_array_equal(hist[:num], ref.reshape(num, num))
+        assert hist[num].sum() == (gt == 255).sum() and hist[num + 1].sum() == (gt == 40).sum()
+        # same result from an int64 ground truth (the general path)
+        np.testing.assert_array_equal(confusion_histogram(gt.astype(np.int64), pred, num, 255).cpu().numpy(), hist)
+
+
+def test_confusion_histogram_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        confusion_histogram(HAND_GT, torch.tensor(HAND_PRED + 1), 3, 255)
+    with pytest.raises(ValueError, match="same"):
+        confusion_histogram(HAND_GT, torch.tensor(HAND_PRED[:, :3]), 3, 255)
+    with pytest.raises(ValueError, match="is a class id"):
+        confusion_histogram(HAND_GT, torch.tensor(HAND_PRED), 3, 1)
+
+
+# ----------------------------------------------------------------------------------------------------- evaluator
+def _predictions(records, seed=1, num=19):
+    """Per image: train-id label maps drawn from a few classes (so some classes are predicted but absent)."""
+    rng = np.random.default_rng(seed)
+    preds = []
+    for r in records:
+        gt = cv2.imread(r["sem_seg_file_name"], cv2.IMREAD_UNCHANGED).astype(np.int64)
+        pred = np.where((gt < num) & (rng.random(gt.shape) < 0.7), gt, rng.integers(0, 12, gt.shape))
+        preds.append(pred)
+    return preds
+
+
+def assert_same_results(a, b):
+    assert list(a) == list(b)
+    for task in a:
+        assert list(a[task]) == list(b[task])
+        assert a[task] == pytest.approx(dict(b[task]), nan_ok=True, rel=0, abs=0), task
+
+
+def _run(evaluator, records, outputs, key=lambda r: {"file_name": r["file_name"]}):
+    evaluator.reset()
+    for record, output in zip(records, outputs):
+        evaluator.process([key(record)], [output])
+    return evaluator.evaluate()
+
+
+def test_evaluator_output_kinds_and_gt_sources_agree(tmp_path, make_cityscapes_split, register_dataset):
+    records = make_cityscapes_split(str(tmp_path / "cs"), num_images=3)
+    name = register_dataset("vlt_test_eval_kinds", records)
+    preds = _predictions(records)
+    evaluator = SemSegMIoUEvaluator(name, output_dir=str(tmp_path / "out"))
+
+    label_maps = _run(evaluator, records, [torch.as_tensor(p) for p in preds])
+    one_hot = [{"sem_seg": torch.nn.functional.one_hot(torch.as_tensor(p), 19).permute(2, 0, 1).float()}
+               for p in preds]
+    assert_same_results(_run(evaluator, records, one_hot), label_maps)
+    with_path = _run(evaluator, records, one_hot, key=lambda r: {"file_name": r["file_name"],
+                                                                  "sem_seg_file_name": r["sem_seg_file_name"]})
+    assert_same_results(with_path, label_maps)
+    in_memory = _run(evaluator, records, one_hot, key=lambda r: {
+        "file_name": r["file_name"], "sem_seg": torch.as_tensor(cv2.imread(r["sem_seg_file_name"], -1)).long()})
+    assert_same_results(in_memory, label_maps)
+
+    # reference: one numpy confusion matrix over all images
+    confusion = np.zeros((19, 19), dtype=np.int64)
+    for r, p in zip(records, preds):
+        gt = cv2.imread(r["sem_seg_file_name"], cv2.IMREAD_UNCHANGED).astype(np.int64)
+        valid = gt != 255
+        confusion += np.bincount(gt[valid] * 19 + p[valid], minlength=361).reshape(19, 19)
+    expected = segmentation_metrics(confusion, evaluator._class_names)
+    assert list(label_maps) == ["sem_seg"]
+    for key, value in expected.items():
+        assert label_maps["sem_seg"][key] == pytest.approx(value, nan_ok=True), key
+    saved = json.load(open(tmp_path / "out" / "sem_seg_evaluation.json"))
+    assert saved["confusion_matrix"] == confusion.tolist() and saved["num_images"] == 3
+
+    pairs_dir = tmp_path / "pred_png"
+    pairs_dir.mkdir()
+    pairs = []
+    for r, p in zip(records, preds):
+        path = str(pairs_dir / os.path.basename(r["file_name"]))
+        cv2.imwrite(path, p.astype(np.uint8))
+        pairs.append((path, r["sem_seg_file_name"]))
+    from_files = evaluate_label_files(pairs, evaluator._class_names)
+    assert from_files == pytest.approx(dict(label_maps["sem_seg"]), nan_ok=True)
+
+
+def test_evaluator_reports_labels_outside_the_label_space(tmp_path, make_cityscapes_split, register_dataset):
+    records = make_cityscapes_split(str(tmp_path / "cs"), num_images=1)
+    gt = cv2.imread(records[0]["sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
+    gt[0, 0] = 33  # a label id left in a train-id file
+    cv2.imwrite(records[0]["sem_seg_file_name"], gt)
+    evaluator = SemSegMIoUEvaluator(register_dataset("vlt_test_eval_bad", records))
+    with pytest.raises(ValueError, match=r"_gtFine_labelTrainIds.png: 1 ground-truth pixels"):
+        evaluator.process([{"file_name": records[0]["file_name"]}], [torch.zeros(48, 96, dtype=torch.long)])
+    with pytest.raises(KeyError, match="no sem_seg_file_name"):
+        evaluator.process([{"file_name": "elsewhere.png"}], [torch.zeros(48, 96, dtype=torch.long)])
+
+
+def test_evaluator_agrees_with_cityscapesscripts(tmp_path, make_cityscapes_split, register_dataset,
+                                                  cityscapes_pixel_eval):
+    records = make_cityscapes_split(str(tmp_path / "cs"), num_images=6, size=(64, 128))
+    for r in records:  # no truck (27), bus (28), train (31) in the ground truth
+        label_ids = cv2.imread(r["label_ids_file_name"], cv2.IMREAD_UNCHANGED)
+        label_ids[np.isin(label_ids, [27, 28, 31])] = 0
+        cv2.imwrite(r["label_ids_file_name"], label_ids)
+        cv2.imwrite(r["sem_seg_file_name"], np.where(label_ids == 0, 255, cv2.imread(r["sem_seg_file_name"], -1)))
+    preds = _predictions(records, seed=3)
+    for p in preds:
+        p[:4, :6] = 14  # truck: predicted but absent from the ground truth; bus and train: nowhere
+    evaluator = SemSegMIoUEvaluator(register_dataset("vlt_test_eval_cs", records))
+    ours = _run(evaluator, records, [torch.as_tensor(p) for p in preds])["sem_seg"]
+    assert ours["IoU-truck"] == 0 and math.isnan(ours["IoU-bus"]) and math.isnan(ours["IoU-train"])
+
+    pred_files = []
+    for r, p in zip(records, preds):
+        path = str(tmp_path / f"{r['image_id']}_pred_labelIds.png")
+        cv2.imwrite(path, train_ids_to_label_ids(p.astype(np.uint8)))
+        pred_files.append(path)
+    gt_files = [r["label_ids_file_name"] for r in records]
+    theirs = cityscapes_pixel_eval.evaluateImgLists(pred_files, gt_files, cityscapes_pixel_eval.args)
+
+    assert abs(ours["mIoU"] / 100 - theirs["averageScoreClasses"]) < 1e-6
+    for name in evaluator._class_names:
+        score, mine = theirs["classScores"][name], ours[f"IoU-{name}"] / 100
+        assert (math.isnan(score) and math.isnan(mine)) or abs(mine - score) < 1e-9, name
+
+
+def test_distributed_reduction_equals_single_process(tmp_path, make_cityscapes_split, register_dataset, monkeypatch):
+    records = make_cityscapes_split(str(tmp_path / "cs"), num_images=5)
+    name = register_dataset("vlt_test_eval_dist", records)
+    preds = [torch.as_tensor(p) for p in _predictions(records)]
+    single = _run(SemSegMIoUEvaluator(name, distributed=False), records, preds)
+
+    # two "ranks", each with part of the images; rank 0 gathers both states
+    rank1 = SemSegMIoUEvaluator(name)
+    for record, pred in list(zip(records, preds))[3:]:
+        rank1.process([{"file_name": record["file_name"]}], [pred])
+    rank1_state = rank1._local_state()
+    monkeypatch.setattr(sem_seg_module.comm, "gather", lambda state, dst=0: [state, rank1_state])
+    rank0 = SemSegMIoUEvaluator(name)
+    gathered = _run(rank0, records[:3], preds[:3])
+    assert_same_results(gathered, single)
+    monkeypatch.setattr(sem_seg_module.comm, "is_main_process", lambda: False)
+    assert _run(rank0, records[:3], preds[:3]) == {}
+
+
+def _distributed_worker(records, preds, class_names, out_file):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.utils import comm
+
+    DatasetCatalog.register("vlt_test_eval_mp", lambda: records)
+    MetadataCatalog.get("vlt_test_eval_mp").set(stuff_classes=class_names, ignore_label=255)
+    evaluator = SemSegMIoUEvaluator("vlt_test_eval_mp")
+    rank, world = comm.get_rank(), comm.get_world_size()
+    for record, pred in list(zip(records, preds))[rank::world]:
+        evaluator.process([{"file_name": record["file_name"]}], [torch.as_tensor(pred)])
+    results = evaluator.evaluate()
+    if rank == 0:
+        with open(out_file, "w") as f:
+            json.dump(results, f)
+    else:
+        assert results == {}
+
+
+@pytest.mark.slow
+def test_two_process_gloo_evaluation_equals_single_process(tmp_path, make_cityscapes_split, register_dataset):
+    from detectron2.engine import launch
+
+    records = make_cityscapes_split(str(tmp_path / "cs"), num_images=5)
+    preds = _predictions(records)
+    reference = SemSegMIoUEvaluator(register_dataset("vlt_test_eval_mp_ref", records), distributed=False)
+    single = _run(reference, records, [torch.as_tensor(p) for p in preds])
+    out_file = str(tmp_path / "rank0.json")
+    if torch.cuda.is_available() and torch.cuda.device_count() < 2:
+        pytest.skip("Detectron2's launcher needs one GPU per process when CUDA is available")
+    launch(_distributed_worker, 2, dist_url="auto", args=(records, preds, reference._class_names, out_file))
+    gathered = json.load(open(out_file))
+    assert gathered["sem_seg"] == pytest.approx(dict(single["sem_seg"]), nan_ok=True)
+
+
+def test_per_condition_results(tmp_path, make_acdc_split, register_dataset):
+    records = make_acdc_split(str(tmp_path / "acdc"), conditions=("fog", "night", "snow"), per_condition=2)
+    preds = [torch.as_tensor(p) for p in _predictions(records)]
+    results = _run(SemSegMIoUEvaluator(register_dataset("vlt_test_eval_acdc", records)), records, preds)
+    assert list(results) == ["sem_seg", "sem_seg/fog", "sem_seg/night", "sem_seg/snow"]
+    for condition in ("fog", "night", "snow"):
+        subset = [i for i, r in enumerate(records) if f"/{condition}/" in r["file_name"]]
+        alone = _run(SemSegMIoUEvaluator(register_dataset(f"vlt_test_eval_acdc_{condition}",
+                                                          [records[i] for i in subset])),
+                     [records[i] for i in subset], [preds[i] for i in subset])
+        assert list(alone) == ["sem_seg"]  # a single condition gives no duplicate group row
+        assert_same_results({"sem_seg": results[f"sem_seg/{condition}"]}, alone)
+
+
+# ---------------------------------------------------------------------------------------------- multi-target
+def _metrics(miou, road, sky):
+    return {"mIoU": miou, "fwIoU": 0.0, "mACC": 0.0, "pACC": 0.0, "IoU-road": road, "IoU-sky": sky,
+            "ACC-road": 0.0, "ACC-sky": 0.0}
+
+
+def test_multi_target_table_rows_mean_and_files(tmp_path):
+    results = {
+        "cityscapes_val": {"sem_seg": _metrics(50.0, 90.0, 10.0)},
+        "acdc_val": {"sem_seg": _metrics(40.0, 80.0, float("nan")),
+                     "sem_seg/fog": _metrics(45.0, 85.0, float("nan")),
+                     "sem_seg/night": _metrics(35.0, 75.0, float("nan"))},
+        "coco_val": {"bbox": {"AP": 30.0}},  # not semantic segmentation: left out
+    }
+    text = write_multi_target_table(results, str(tmp_path))
+    assert "mean over targets" in text and "acdc_val/night" in text
+
+    table = json.load(open(tmp_path / "multi_target.json"))
+    assert [r["name"] for r in table["rows"]] == ["cityscapes_val", "acdc_val", "acdc_val/fog", "acdc_val/night"]
+    assert table["classes"] == ["road", "sky"]
+    assert table["mean"]["mIoU"] == 45.0  # conditions are not targets of their own
+    assert table["mean"]["IoU"] == {"road": 85.0, "sky": 10.0}  # NaN left out of the mean
+    assert table["rows"][1]["IoU"]["sky"] is None
+    assert table["summary"] == {"cityscapes_val": 50.0, "acdc_val": 40.0, "mean": 45.0}
+
+    with open(tmp_path / "multi_target.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["dataset", "mIoU", "road", "sky"]
+    assert rows[2] == ["acdc_val", "40.0", "80.0", ""]
+    assert rows[-1] == ["mean over targets", "45.0", "85.0", "10.0"]
+    with open(tmp_path / "multi_target_summary.csv") as f:
+        assert list(csv.reader(f)) == [["cityscapes_val", "acdc_val", "mean"], ["50.0", "40.0", "45.0"]]
+
+
+def test_multi_target_table_accepts_a_single_datasets_results():
+    table = multi_target_table({"sem_seg": _metrics(42.0, 1.0, 2.0)}, dataset_names=["bdd_val"])
+    assert [r["name"] for r in table["rows"]] == ["bdd_val"] and table["mean"] is None
+    assert table["summary"] == {"bdd_val": 42.0, "mean": 42.0}
