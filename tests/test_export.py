@@ -109,6 +109,25 @@ def test_cityscapes_val_export_scores_like_our_evaluator(tmp_path, make_cityscap
     assert not math.isnan(ours["mIoU"]) and 20 < ours["mIoU"] < 90
 
 
+def test_evaluator_and_writer_run_together_in_detectron2s_loop(tmp_path, make_cityscapes_split, register_dataset):
+    from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
+
+    records = make_cityscapes_split(str(tmp_path / "cs"), split="val", num_images=3)
+    name = register_dataset("vlt_test_export_loop_cityscapes", records)
+    preds = {r["file_name"]: p for r, p in zip(records, _random_train_ids(records, seed=5))}
+
+    class Model(torch.nn.Module):
+        def forward(self, inputs):
+            return [{"sem_seg": _scores(preds[x["file_name"]])} for x in inputs]
+
+    loader = [[{k: r[k] for k in ("file_name", "height", "width")}] for r in records]  # test mapper: no label path
+    evaluator = DatasetEvaluators([SemSegMIoUEvaluator(name), SemSegSubmissionWriter(name, str(tmp_path / "sub"))])
+    results = inference_on_dataset(Model(), loader, evaluator)
+    assert list(results) == ["sem_seg"] and 0 <= results["sem_seg"]["mIoU"] <= 100
+    with zipfile.ZipFile(tmp_path / "sub" / "cityscapes_submission.zip") as archive:
+        assert len(archive.namelist()) == 3
+
+
 def test_acdc_submission_per_condition_and_combined(tmp_path, make_acdc_split, register_dataset):
     records = make_acdc_split(str(tmp_path / "acdc"), split="test", conditions=("fog", "night", "rain"),
                               per_condition=2, labels=False)

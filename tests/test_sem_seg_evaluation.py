@@ -78,6 +78,20 @@ def test_confusion_histogram_matches_numpy_reference(device):
         np.testing.assert_array_equal(confusion_histogram(gt.astype(np.int64), pred, num, 255).cpu().numpy(), hist)
 
 
+def test_parallel_bincount_on_large_maps_is_exact(monkeypatch):
+    monkeypatch.setattr(sem_seg_module.torch, "get_num_threads", lambda: 3)  # 3 chunks, 2 pool threads
+    rng = np.random.default_rng(1)
+    gt = rng.integers(0, 19, (1024, 1031)).astype(np.uint8)
+    gt[:100] = 255
+    pred = rng.integers(0, 19, gt.shape)
+    assert gt.size >= sem_seg_module._PARALLEL_BINCOUNT_MIN_PIXELS
+    hist = confusion_histogram(gt, torch.as_tensor(pred), 19, 255).numpy()
+    valid = gt < 19
+    ref = np.bincount(gt[valid].astype(int) * 19 + pred[valid], minlength=361).reshape(19, 19)
+    np.testing.assert_array_equal(hist[:19], ref)
+    assert hist[19].sum() == 100 * 1031
+
+
 def test_confusion_histogram_rejects_bad_input():
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         confusion_histogram(HAND_GT, torch.tensor(HAND_PRED + 1), 3, 255)

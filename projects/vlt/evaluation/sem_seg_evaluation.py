@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 # its own read-modify-write of one counter. Spreading neighbouring columns over this many sub-histograms (summed
 # afterwards) breaks that dependency: ~2x faster bincount on 1024x2048 label maps.
 _CPU_LANES = 4
-# torch.bincount runs on one CPU thread; above this many pixels it is split over torch's intra-op thread count.
+# torch.bincount runs on one CPU thread; above this many pixels it is split over torch's intra-op threads (<= 4).
 _PARALLEL_BINCOUNT_MIN_PIXELS = 1 << 20
 _bincount_pool: Optional[ThreadPoolExecutor] = None
 
@@ -67,7 +67,7 @@ def _as_tensor(array: Union[np.ndarray, torch.Tensor], device: torch.device) -> 
 
 def _bincount(index: torch.Tensor, minlength: int) -> torch.Tensor:
     """torch.bincount of a 1-D tensor; on CPU, chunks counted in parallel threads (the op releases the GIL)."""
-    threads = torch.get_num_threads()
+    threads = min(torch.get_num_threads(), 4)
     if index.device.type != "cpu" or threads < 2 or index.numel() < _PARALLEL_BINCOUNT_MIN_PIXELS:
         return torch.bincount(index, minlength=minlength)
     global _bincount_pool
