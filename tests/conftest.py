@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from vlt.data.cityscapes_classes import CLASSES
+
 
 @pytest.fixture
 def cityscapes_pixel_eval(tmp_path, monkeypatch):
@@ -90,7 +92,7 @@ def make_cityscapes_split():
 
 @pytest.fixture
 def make_acdc_split():
-    """Factory: write an ACDC-layout split and return its dataset dicts (with ``condition``-free paths only).
+    """Factory: write an ACDC-layout split and return its dataset dicts (the condition is only in the path).
 
     ``root/rgb_anon/<cond>/<split>/<seq>/<seq>_frame_<k>_rgb_anon.png`` and
     ``root/gt/<cond>/<split>/<seq>/<seq>_frame_<k>_gt_labelTrainIds.png`` (train ids 0..18 and 255).
@@ -121,12 +123,6 @@ def make_acdc_split():
     return make
 
 
-CITYSCAPES_CLASSES = [
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-]
-
-
 @pytest.fixture
 def register_dataset():
     """Factory: register ``name`` -> dicts in the Detectron2 catalogs (19 Cityscapes classes by default)."""
@@ -134,7 +130,7 @@ def register_dataset():
 
     def register(name, records, **metadata):
         DatasetCatalog.register(name, lambda: records)
-        metadata.setdefault("stuff_classes", CITYSCAPES_CLASSES)
+        metadata.setdefault("stuff_classes", list(CLASSES))
         metadata.setdefault("ignore_label", 255)
         MetadataCatalog.get(name).set(**metadata)
         names.append(name)

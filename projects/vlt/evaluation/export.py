@@ -30,6 +30,8 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
+from ..data.cityscapes_classes import TRAIN_ID_TO_LABEL_ID, train_ids_to_label_ids
+
 __all__ = [
     "CITYSCAPES_TRAIN_ID_TO_LABEL_ID",
     "ACDC_CONDITIONS",
@@ -42,21 +44,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Cityscapes label ids of train ids 0..18 (cityscapesscripts helpers/labels.py: road 7, sidewalk 8, building 11,
-# wall 12, fence 13, pole 17, traffic light 19, traffic sign 20, vegetation 21, terrain 22, sky 23, person 24,
-# rider 25, car 26, truck 27, bus 28, train 31, motorcycle 32, bicycle 33).
-CITYSCAPES_TRAIN_ID_TO_LABEL_ID = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+# Cityscapes label ids of train ids 0..18 (road 7, ..., bicycle 33), from vlt.data.cityscapes_classes.
+CITYSCAPES_TRAIN_ID_TO_LABEL_ID = TRAIN_ID_TO_LABEL_ID
 ACDC_CONDITIONS = ("fog", "night", "rain", "snow")
 SUBMISSION_FORMATS = ("cityscapes", "acdc")
 
-_TRAIN_TO_LABEL_LUT = np.zeros(256, dtype=np.uint8)  # anything else (e.g. 255) -> 0 "unlabeled"
-_TRAIN_TO_LABEL_LUT[: len(CITYSCAPES_TRAIN_ID_TO_LABEL_ID)] = CITYSCAPES_TRAIN_ID_TO_LABEL_ID
 _CITYSCAPES_NAME = re.compile(r"^[a-z]+_\d{6}_\d{6}_")  # {city}_{seq}_{frame}_, as cityscapesscripts matches
-
-
-def train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
-    """Cityscapes train ids (uint8, 0..18; 255 -> 0 "unlabeled") to label ids."""
-    return _TRAIN_TO_LABEL_LUT[train_ids]
 
 
 def cityscapes_result_name(file_name: str) -> str:

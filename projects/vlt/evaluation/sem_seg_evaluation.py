@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 _CPU_LANES = 4
 # torch.bincount runs on one CPU thread; above this many pixels it is split over torch's intra-op threads (<= 4).
 _PARALLEL_BINCOUNT_MIN_PIXELS = 1 << 20
-_bincount_pool: Optional[ThreadPoolExecutor] = None
+_bincount_pools: Dict[int, ThreadPoolExecutor] = {}  # by number of worker threads
 
 
 def read_label_png(path: str) -> np.ndarray:
@@ -70,11 +70,11 @@ def _bincount(index: torch.Tensor, minlength: int) -> torch.Tensor:
     threads = min(torch.get_num_threads(), 4)
     if index.device.type != "cpu" or threads < 2 or index.numel() < _PARALLEL_BINCOUNT_MIN_PIXELS:
         return torch.bincount(index, minlength=minlength)
-    global _bincount_pool
-    if _bincount_pool is None or _bincount_pool._max_workers != threads - 1:
-        _bincount_pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="vlt_bincount")
+    if threads - 1 not in _bincount_pools:
+        _bincount_pools[threads - 1] = ThreadPoolExecutor(threads - 1, thread_name_prefix="vlt_bincount")
+    pool = _bincount_pools[threads - 1]
     first, *rest = index.chunk(threads)
-    futures = [_bincount_pool.submit(torch.bincount, chunk, minlength=minlength) for chunk in rest]
+    futures = [pool.submit(torch.bincount, chunk, minlength=minlength) for chunk in rest]
     counts = torch.bincount(first, minlength=minlength)
     for future in futures:
         counts += future.result()
