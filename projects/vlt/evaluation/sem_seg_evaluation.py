@@ -104,7 +104,9 @@ def confusion_histogram(
     Args:
         gt: [H, W] ground-truth ids (uint8 is fastest), numpy or torch, any device.
         pred: [H, W] predicted class ids in [0, K) (torch or numpy); the result lives on its device.
-        check_pred: check that ``pred`` lies in [0, K) (one min/max; skip it for argmax outputs).
+        check_pred: check that ``pred`` lies in [0, K) (skip it for argmax outputs). The check runs after the
+            conversion to the int16/int32 index type, so ids of int32/int64 maps that are multiples of 2^16 (int16)
+            away from a valid id would wrap onto it unnoticed; uint8/uint16 label PNGs and argmax outputs cannot.
     """
     num = num_classes
     if not 0 < num <= 65536:
@@ -125,11 +127,11 @@ def confusion_histogram(
         codes = torch.where(valid, gt, torch.where(gt == ignore_label, num, num + 1))
     lanes = _CPU_LANES if pred.device.type == "cpu" else 1
     dtype = _index_dtype(lanes * rows * num - 1)
-    if check_pred and pred.numel():
-        low, high = torch.aminmax(pred)
-        if low < 0 or high >= num:
-            raise ValueError(f"predicted ids must lie in [0, {num}), got [{int(low)}, {int(high)}]")
     index = pred.to(dtype, copy=True)  # [H, W] -> prediction + lane offset + row * K
+    if check_pred and index.numel():  # on the narrow copy: one read of the wide prediction instead of two
+        low, high = torch.aminmax(index)
+        if low < 0 or high >= num:
+            raise ValueError(f"predicted ids must lie in [0, {num}), got [{int(low)}, {int(high)}] (as {dtype})")
     if lanes > 1:
         width = index.shape[1]
         index.add_((torch.arange(width, device=index.device) % lanes).mul_(rows * num).to(dtype))  # [W] broadcast
