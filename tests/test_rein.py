@@ -2,6 +2,7 @@
 token-query linking through the real Mask2Former head."""
 import logging
 import math
+import pathlib
 
 import pytest
 import torch
@@ -257,3 +258,42 @@ def test_rein_hooks_into_the_pyramid_backbone_too():
     assert "net.block_hooks.0.learnable_tokens_a" in backbone.state_dict()
     assert not any(p.requires_grad for p in backbone.net.tower.parameters())
     assert any(p.requires_grad for name, p in backbone.named_parameters() if not name.startswith("net."))
+
+
+TINY_OVERRIDES = [
+    "MODEL.OPEN_CLIP.MODEL_NAME", "VLT-ViT-Tiny-16", "MODEL.OPEN_CLIP.PRETRAINED", "",
+    "MODEL.OPEN_CLIP.PATCH_SIZE", "0", "MODEL.OPEN_CLIP.OUT_INDICES", "[0, 1, 2, 3]", "MODEL.DEVICE", "cpu",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32", "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1", "MODEL.MASK_FORMER.DEC_LAYERS", "3",
+]
+
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.skipif(not (CONFIGS / "Base-VLTSeg-Mask2Former.yaml").is_file(),
+                    reason="configs/Base-VLTSeg-Mask2Former.yaml (the Rein configs' _BASE_) is not there yet")
+@pytest.mark.parametrize("name", ["rein_gta", "rein_gta_clip_vit_l14", "rein_cityscapes"])
+def test_configs_carry_the_release_recipe_and_build(name):
+    from vlt.utils.config import load_config
+
+    path = CONFIGS / f"{name}.yaml"
+    cfg = load_config(str(path), TINY_OVERRIDES)
+    assert cfg.MODEL.REIN.ENABLED and cfg.MODEL.REIN.NUM_TOKENS == 100 and cfg.MODEL.REIN.RANK == 16
+    assert cfg.MODEL.OPEN_CLIP.FROZEN_BLOCKS == -1 and cfg.SOLVER.OPTIMIZER == "ADAMW"
+    assert cfg.SOLVER.WEIGHT_DECAY == 0.05 and cfg.SOLVER.MAX_ITER == 40000 and cfg.TEST.MODE == "slide"
+    assert {"learnable_tokens", "learnable_scale"} <= set(cfg.SOLVER.NO_WEIGHT_DECAY_KEYWORDS)
+    recipe = {
+        "rein_gta": ((512, 512), (341, 341), 1e-4, 4, 0, 2048),
+        "rein_gta_clip_vit_l14": ((512, 512), (341, 341), 1e-4, 4, 0, 2048),
+        "rein_cityscapes": ((1024, 1024), (683, 683), 6e-5, 8, 10000, 4096),
+    }[name]
+    crop, stride, lr, batch, warmup, max_size = recipe
+    assert tuple(cfg.INPUT.CROP.SIZE) == crop and tuple(cfg.TEST.SLIDE.CROP_SIZE) == crop
+    assert tuple(cfg.TEST.SLIDE.STRIDE) == stride
+    assert cfg.SOLVER.BASE_LR == pytest.approx(lr) and cfg.SOLVER.IMS_PER_BATCH == batch
+    assert cfg.SOLVER.WARMUP_ITERS == warmup and cfg.INPUT.MAX_SIZE_TRAIN == max_size
+    assert list(cfg.INPUT.MIN_SIZE_TRAIN) == [int(crop[0] * x * 0.1) for x in range(5, 21)]
+    model = build_model(cfg)
+    assert isinstance(get_vit(model.backbone).block_hooks[0], Rein)
+    assert model.rein.linked_queries(1)[0].shape == (1, 100, 32)
