@@ -95,3 +95,18 @@ def test_multi_target_table_rows_mean_and_files(tmp_path):
     # A single dataset's results (what DefaultTrainer.test returns for one test set) make one named row.
     single = det_multi_target_table(results["src_val"], dataset_names=["only"])
     assert [r["name"] for r in single["rows"]] == ["only"] and single["mean"] is None
+
+
+def test_source_domain_rows_are_shown_but_not_averaged():
+    MetadataCatalog.get("test_det_eval_source_val").set(domain="source")
+    metrics = {m: 0.0 for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+    results = {
+        "test_det_eval_source_val": {"bbox": {**metrics, "AP": 90.0, "AP50": 99.0}},
+        "t1": {"bbox": {**metrics, "AP": 10.0, "AP50": 20.0}},
+        "t2": {"bbox": {**metrics, "AP": 30.0, "AP50": 40.0}},
+    }
+    table = det_multi_target_table(results)
+    assert [r["source"] for r in table["rows"]] == [True, False, False]
+    assert table["mean"]["metrics"]["AP"] == pytest.approx(20.0)
+    assert table["summary"]["AP50"]["mean"] == pytest.approx(30.0)
+    assert table["summary"]["AP50"]["test_det_eval_source_val"] == 99.0

@@ -14,8 +14,9 @@ from vlt.data.datasets.det_common import cityscapes_style_pairs, load_label_file
 
 SIZE = (64, 96)  # (height, width)
 CAR_ID, PERSON_ID = 26, 24
-# Trained for ITERATIONS on CPU the tiny detector must reach this box AP50 (%) on the held-out source images.
-ITERATIONS = 120
+# Trained for ITERATIONS on CPU the tiny detector must reach this box AP50 (%) on held-out source images (seed 0,
+# measured: AP50 4 after 200 iterations, 35 after 400, 61 after 500; the shifted "dark" target stays near 1).
+ITERATIONS = 500
 MIN_AP50 = 30.0
 
 
@@ -78,14 +79,16 @@ def test_short_training_lowers_loss_and_detects(tiny_benchmark, tmp_path):
         "MODEL.ROI_HEADS.NUM_CLASSES", "8", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
         "INPUT.LSJ.IMAGE_SIZE", "96", "INPUT.LSJ.MIN_SCALE", "0.8", "INPUT.LSJ.MAX_SCALE", "1.2",
         "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96",
-        "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.001", "SOLVER.MAX_ITER", str(ITERATIONS),
+        "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.001", "SOLVER.LAYER_DECAY", "1.0",
+        "SOLVER.MAX_ITER", str(ITERATIONS),
         "SOLVER.STEPS", f"({ITERATIONS - 10},)", "SOLVER.WARMUP_ITERS", "10",
         "DATASETS.TRAIN", f"('{tiny_benchmark[('train', 'src')]}',)", "DATASETS.TEST", str(test_sets),
         "OUTPUT_DIR", str(tmp_path), "SEED", "0",
     ])
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
-    results = trainer.train()
+    trainer.train()
+    results = trainer._last_eval_results  # set by D2's EvalHook after the last iteration
 
     losses = [v for v, _ in trainer.storage.history("total_loss").values()]
     assert len(losses) == ITERATIONS and all(np.isfinite(losses))

@@ -47,8 +47,9 @@ def test_boxes_from_cityscapes_instance_ids():
     ids[8, 8] = 7                  # road
     annotations = _by_box(instances_from_cityscapes_ids(ids, with_masks=True))
     assert set(annotations) == {(3.0, 2.0, 9.0, 6.0), (20.0, 10.0, 22.0, 18.0), (25.0, 0.0, 30.0, 4.0)}
-    car, person, crowd = annotations[(3.0, 2.0, 9.0, 6.0)], annotations[(20.0, 10.0, 22.0, 18.0)], annotations[
-        (25.0, 0.0, 30.0, 4.0)]
+    car = annotations[(3.0, 2.0, 9.0, 6.0)]
+    person = annotations[(20.0, 10.0, 22.0, 18.0)]
+    crowd = annotations[(25.0, 0.0, 30.0, 4.0)]
     assert (car["category_id"], car["iscrowd"]) == (THING_CLASSES.index("car"), 0)
     assert (person["category_id"], person["iscrowd"]) == (THING_CLASSES.index("person"), 0)
     assert (crowd["category_id"], crowd["iscrowd"]) == (THING_CLASSES.index("car"), 1)

@@ -114,10 +114,10 @@ def main():
     clock = TrainingClock()
     trainer.register_hooks([clock])
     trainer.resume_or_load(resume=False)
-    results = trainer.train()  # D2's EvalHook evaluates every DATASETS.TEST after the last iteration
-    if not results:
-        results = Trainer.test(cfg, trainer.model)
-    table = write_det_multi_target_table(results, cfg.OUTPUT_DIR)
+    trainer.train()
+    # D2's EvalHook evaluated every DATASETS.TEST after the last iteration (Trainer.test: one dict per dataset).
+    results = trainer._last_eval_results
+    write_det_multi_target_table(results, cfg.OUTPUT_DIR)  # logged
 
     for name in cfg.DATASETS.TEST:
         draw_overlays(cfg, trainer.model, name, os.path.join(cfg.OUTPUT_DIR, "overlays", name), args.overlays,
@@ -131,7 +131,6 @@ def main():
     }
     with open(os.path.join(cfg.OUTPUT_DIR, "demo_det_summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    print(table)
     print(f"\n{summary['seconds_per_iteration']:.2f} s per training iteration (batch {summary['batch_size']}, "
           f"{summary['torch_threads']} CPU threads); overlays in {os.path.join(cfg.OUTPUT_DIR, 'overlays')}")
 

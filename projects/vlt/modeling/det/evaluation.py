@@ -3,7 +3,8 @@
 Every test set is scored by :class:`~detectron2.evaluation.COCOEvaluator` (official pycocotools COCOeval by default:
 no compiled ops needed), which also writes the detections as COCO JSON (``coco_instances_results.json``) in the
 dataset's output folder. The table has a row per target (AP, AP50, AP75, APs, APm, APl and the AP of each class,
-COCO AP in %), a "mean over targets" row, and a summary line with AP and AP50 per target, as the segmentation
+COCO AP in %), a "mean over targets" row (test sets marked as source-domain data, metadata ``domain == "source"``,
+are shown but not averaged), and a summary line with AP and AP50 per target, as the segmentation
 side's table (:mod:`vlt.evaluation.multi_target`) does for mIoU; saved as ``det_multi_target.{json,csv}`` and
 ``det_multi_target_summary.csv``.
 """
@@ -14,6 +15,7 @@ import os
 from collections import OrderedDict
 from typing import Dict, Mapping, Optional, Sequence
 
+from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.file_io import PathManager
 from tabulate import tabulate
@@ -21,7 +23,9 @@ from tabulate import tabulate
 from ...evaluation.multi_target import _write_csv
 from ...evaluation.sem_seg_evaluation import json_safe
 
-__all__ = ["DET_METRICS", "build_det_evaluator", "det_multi_target_table", "write_det_multi_target_table"]
+__all__ = [
+    "DET_METRICS", "build_det_evaluator", "check_num_classes", "det_multi_target_table", "write_det_multi_target_table",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,7 @@ def build_det_evaluator(cfg, dataset_name: str, output_dir: Optional[str] = None
 
     The ground truth is converted from the dataset dicts on every run (no stale cache next to the results).
     """
+    check_num_classes(cfg, dataset_name)
     tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
     return COCOEvaluator(
         dataset_name, tasks=tasks, distributed=True, output_dir=output_dir,
@@ -42,9 +47,27 @@ def build_det_evaluator(cfg, dataset_name: str, output_dir: Optional[str] = None
     )
 
 
+def check_num_classes(cfg, dataset_name: str) -> None:
+    """Raise if the detector's class count differs from the dataset's (e.g. an 8-class model on a car-only set)."""
+    classes = MetadataCatalog.get(dataset_name).get("thing_classes")
+    if classes is None:
+        raise ValueError(f"{dataset_name} has no thing_classes metadata: not a detection dataset")
+    if len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        raise ValueError(
+            f"{dataset_name} has {len(classes)} classes {list(classes)} but cfg.MODEL.ROI_HEADS.NUM_CLASSES is "
+            f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES}: use a config made for it (car-only sets: configs/vltdet_sim10k.yaml)"
+        )
+
+
 def _nanmean(values: Sequence[Optional[float]]) -> float:
     values = [v for v in values if v is not None and not math.isnan(v)]
     return sum(values) / len(values) if values else float("nan")
+
+
+def _is_source_domain(dataset: str) -> bool:
+    """Whether a test set is marked as held-out *source* data (metadata ``domain == "source"``, e.g. the demo's
+    source val set): shown in the table, left out of the mean over targets."""
+    return dataset in MetadataCatalog.list() and MetadataCatalog.get(dataset).get("domain") == "source"
 
 
 def _is_det_metrics(value) -> bool:
@@ -60,8 +83,8 @@ def det_multi_target_table(
     Datasets without ``task`` results (segmentation sets) are left out.
 
     Returns:
-        {"classes": [...], "rows": [{"name", "metrics": {AP, ...}, "AP": {class: value}}], "mean": row or None,
-         "summary": {"AP": {dataset: AP, "mean": value}, "AP50": {...}}}
+        {"classes": [...], "rows": [{"name", "source", "metrics": {AP, ...}, "AP": {class: value}}],
+         "mean": row or None, "summary": {"AP": {dataset: AP, "mean": value}, "AP50": {...}}}
     """
     if _is_det_metrics(results.get(task)):
         results = OrderedDict([(dataset_names[0] if dataset_names else "test", results)])
@@ -75,20 +98,22 @@ def det_multi_target_table(
         classes += [c for c in per_class if c not in classes]
         rows.append({
             "name": dataset,
+            "source": _is_source_domain(dataset),
             "metrics": OrderedDict((m, float(metrics.get(m, float("nan")))) for m in DET_METRICS),
             "AP": per_class,
         })
+    targets = [r for r in rows if not r["source"]]
     mean = None
-    if len(rows) > 1:
+    if len(targets) > 1:
         mean = {
-            "name": MEAN_ROW,
-            "metrics": OrderedDict((m, _nanmean([r["metrics"][m] for r in rows])) for m in DET_METRICS),
-            "AP": OrderedDict((c, _nanmean([r["AP"].get(c) for r in rows])) for c in classes),
+            "name": MEAN_ROW, "source": False,
+            "metrics": OrderedDict((m, _nanmean([r["metrics"][m] for r in targets])) for m in DET_METRICS),
+            "AP": OrderedDict((c, _nanmean([r["AP"].get(c) for r in targets])) for c in classes),
         }
     summary = OrderedDict()
     for metric in ("AP", "AP50"):
         summary[metric] = OrderedDict((r["name"], r["metrics"][metric]) for r in rows)
-        summary[metric]["mean"] = _nanmean([r["metrics"][metric] for r in rows])
+        summary[metric]["mean"] = _nanmean([r["metrics"][metric] for r in targets])
     return {"classes": classes, "rows": rows, "mean": mean, "summary": summary}
 
 

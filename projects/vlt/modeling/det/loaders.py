@@ -14,6 +14,8 @@ from detectron2.data import (
 )
 from detectron2.data import transforms as T
 
+from .evaluation import check_num_classes
+
 __all__ = ["DATASET_MAPPER_NAME", "build_det_train_mapper", "build_det_test_mapper", "build_det_train_loader",
            "build_det_test_loader"]
 
@@ -23,6 +25,8 @@ DATASET_MAPPER_NAME = "vltdet_lsj"
 
 def build_det_train_mapper(cfg) -> DatasetMapper:
     """Training mapper: flip + large-scale jitter (cfg.INPUT.LSJ), RGB, boxes (and masks with MODEL.MASK_ON)."""
+    for name in cfg.DATASETS.TRAIN:
+        check_num_classes(cfg, name)
     lsj = cfg.INPUT.LSJ
     augmentations = []
     if cfg.INPUT.RANDOM_FLIP != "none":
