@@ -6,12 +6,11 @@ import pathlib
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model
+from test_vltseg import stripes, tiny_cfg
 from torch import nn
 
 import vlt  # noqa: F401  (registers VLT components)
-from vlt.config import add_vlt_config
 from vlt.modeling.adapters.rein import Rein, ReinQueryLink, build_rein, rein_trainable_report
 from vlt.modeling.backbone import get_vit
 from vlt.solver import build_optimizer
@@ -20,41 +19,17 @@ TOWERS = ["VLT-ViT-Tiny-16", "VLT-EVA02-Tiny-16"]
 
 
 def rein_cfg(model_name="VLT-ViT-Tiny-16", num_tokens=6, rank=4, scale_init=1e-3, link=True):
-    cfg = get_cfg()
-    add_vlt_config(cfg)
-    cfg.MODEL.META_ARCHITECTURE = "VLTSegmentor"
-    cfg.MODEL.BACKBONE.NAME = "build_open_clip_vit_backbone"
-    cfg.MODEL.OPEN_CLIP.MODEL_NAME = model_name
-    cfg.MODEL.DEVICE = "cpu"
+    """The tiny VLTSeg config of test_vltseg with Rein on."""
+    cfg = tiny_cfg(model_name)
     cfg.MODEL.REIN.ENABLED = True
     cfg.MODEL.REIN.NUM_TOKENS = num_tokens
     cfg.MODEL.REIN.RANK = rank
     cfg.MODEL.REIN.SCALE_INIT = scale_init
     cfg.MODEL.REIN.LINK_QUERIES = link
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 4
-    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 32
-    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 32
-    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 1
-    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 32
-    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 8
-    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 3
-    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 64
-    cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 256
     cfg.SOLVER.BASE_LR = 1e-3
     cfg.SOLVER.WEIGHT_DECAY = 0.05
     cfg.SOLVER.NO_WEIGHT_DECAY_KEYWORDS = ["learnable_tokens", "learnable_scale"]
     return cfg
-
-
-def stripes(seed, height=64, width=96, num_classes=4):
-    """An image whose colour encodes the class of vertical stripes, and its label map."""
-    g = torch.Generator().manual_seed(seed)
-    bounds = torch.sort(torch.randint(8, width - 8, (num_classes - 1,), generator=g)).values.tolist()
-    label = torch.zeros(height, width, dtype=torch.long)
-    for k, (a, b) in enumerate(zip([0] + bounds, bounds + [width])):
-        label[:, a:b] = k
-    palette = torch.tensor([[220, 30, 30], [30, 200, 40], [40, 60, 230], [240, 240, 240]], dtype=torch.uint8)
-    return {"image": palette[label].permute(2, 0, 1).contiguous(), "sem_seg": label, "height": height, "width": width}
 
 
 def reference_refinement(x, tokens, w_t, b_t, w_f, b_f, scale, num_prefix):
