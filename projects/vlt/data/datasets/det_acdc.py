@@ -35,5 +35,7 @@ def _load_all(split: str) -> list:
 
 
 for _condition in ACDC_CONDITIONS:
-    register_det_dataset(f"acdc_det_{_condition}_val", partial(load_acdc_det, _condition), condition=_condition)
-register_det_dataset("acdc_det_val", partial(_load_all, "val"))
+    register_det_dataset(
+        f"acdc_det_{_condition}_val", partial(load_acdc_det, _condition), condition=_condition, dataset_folder="acdc"
+    )
+register_det_dataset("acdc_det_val", partial(_load_all, "val"), dataset_folder="acdc")

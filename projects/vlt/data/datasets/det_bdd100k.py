@@ -52,4 +52,4 @@ def load_bdd100k_det(split: str = "val") -> list:
     ]
 
 
-register_det_dataset("bdd100k_det_val", load_bdd100k_det)
+register_det_dataset("bdd100k_det_val", load_bdd100k_det, dataset_folder="bdd100k")

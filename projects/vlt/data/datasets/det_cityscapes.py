@@ -49,6 +49,8 @@ def _load_car_val() -> list:
 
 
 for _split in ("train", "val"):
-    register_det_dataset(f"cityscapes_det_{_split}", partial(load_cityscapes_det, _split))
-register_det_dataset("foggy_cityscapes_det_val", partial(load_foggy_cityscapes_det, "val"))
-register_det_dataset("cityscapes_car_val", _load_car_val, car_only=True)
+    register_det_dataset(f"cityscapes_det_{_split}", partial(load_cityscapes_det, _split), dataset_folder="cityscapes")
+register_det_dataset(
+    "foggy_cityscapes_det_val", partial(load_foggy_cityscapes_det, "val"), dataset_folder="foggy_cityscapes"
+)
+register_det_dataset("cityscapes_car_val", _load_car_val, car_only=True, dataset_folder="cityscapes")

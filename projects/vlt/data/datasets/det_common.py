@@ -43,7 +43,8 @@ CAR_FROM_THINGS = {THING_CLASSES.index("car"): 0}
 
 
 def register_det_dataset(name: str, loader: Callable[[], List[dict]], car_only: bool = False, **metadata) -> None:
-    """Register a detection dataset (lazy ``loader``) with COCO evaluation and the VLTDet class set."""
+    """Register a detection dataset (lazy ``loader``) with COCO evaluation and the VLTDet class set; ``metadata``
+    adds e.g. ``dataset_folder`` (its folder under the datasets root, as the segmentation datasets)."""
     classes, colors = (CAR_CLASSES, [THING_COLORS[THING_CLASSES.index("car")]]) if car_only else (
         THING_CLASSES, THING_COLORS
     )

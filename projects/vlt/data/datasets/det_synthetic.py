@@ -106,6 +106,6 @@ def load_sim10k_car() -> list:
     return dicts
 
 
-register_det_dataset("urbansyn_det_train", load_urbansyn_det)
-register_det_dataset("synscapes_det_train", load_synscapes_det)
-register_det_dataset("sim10k_car_train", load_sim10k_car, car_only=True)
+register_det_dataset("urbansyn_det_train", load_urbansyn_det, dataset_folder="urbansyn")
+register_det_dataset("synscapes_det_train", load_synscapes_det, dataset_folder="synscapes")
+register_det_dataset("sim10k_car_train", load_sim10k_car, car_only=True, dataset_folder="sim10k")

@@ -34,4 +34,4 @@ def load_vlt_demo_det(split: str, domain: str, root: str = "") -> list:
 
 
 for _name, (_split, _domain) in DEMO_DET_DATASETS.items():
-    register_det_dataset(_name, partial(load_vlt_demo_det, _split, _domain), domain=_domain)
+    register_det_dataset(_name, partial(load_vlt_demo_det, _split, _domain), domain=_domain, dataset_folder="vlt_demo")
