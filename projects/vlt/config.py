@@ -261,9 +261,7 @@ def _add_famix_config(cfg):
 def _add_det_config(cfg):
     """VLTDet (modeling/det/): ViTDet cascade on the tower's simple feature pyramid. The detector itself uses
     Detectron2's own keys (MODEL.RPN, MODEL.ROI_HEADS, MODEL.ROI_BOX_HEAD, MODEL.ROI_BOX_CASCADE_HEAD, ...)."""
-    if "DATASET_MAPPER_NAME" not in cfg.INPUT:  # declared by _add_data_config; here only until it is
-        # Training mapper picked by VLT's Trainer: "sem_seg" (segmentation) or "vltdet_lsj" (VLTDet's LSJ mapper).
-        cfg.INPUT.DATASET_MAPPER_NAME = "sem_seg"
+    # INPUT.DATASET_MAPPER_NAME "vltdet_lsj" (declared in _add_data_config) selects VLTDet's LSJ train mapper.
     # Large-scale jitter (ViTDet, Li et al. 2022 §4; D2 projects/ViTDet coco_loader_lsj): flip, resize so the image
     # fits IMAGE_SIZE × scale with scale ~ U(MIN_SCALE, MAX_SCALE), crop to at most IMAGE_SIZE × IMAGE_SIZE; the
     # backbone pads to a square (MODEL.OPEN_CLIP.PYRAMID_SQUARE_PAD). Read by the "vltdet_lsj" train mapper.
