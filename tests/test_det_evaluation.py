@@ -85,7 +85,9 @@ def test_multi_target_table_rows_mean_and_files(tmp_path):
     assert table["mean"]["metrics"]["APs"] == pytest.approx(10.0)  # NaN targets are skipped
     assert table["mean"]["AP"]["car"] == pytest.approx(35.0)
     assert table["summary"]["AP50"] == {"src_val": 60.0, "target": 30.0, "mean": 45.0}
+    results["target"]["bbox"]["AP-bus"] = float("nan")  # no ground truth anywhere: no column
     text = write_det_multi_target_table(results, str(tmp_path))
+    assert "AP-bus" not in text
     assert "mean over targets" in text
     rows = list(csv.reader(open(tmp_path / "det_multi_target.csv")))
     assert rows[0][:3] == ["dataset", "AP", "AP50"] and rows[0][-2:] == ["AP-person", "AP-car"]

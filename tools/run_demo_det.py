@@ -88,7 +88,7 @@ def main():
     parser.add_argument("--output", default="output/demo_det")
     parser.add_argument("--data-root", default="", help="demo benchmark folder (default $DETECTRON2_DATASETS/vlt_demo)")
     parser.add_argument("--overlays", type=int, default=6, help="overlay images per test set")
-    parser.add_argument("--overlay-score", type=float, default=0.5)
+    parser.add_argument("--overlay-score", type=float, default=0.3, help="lowest score drawn")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args()
 

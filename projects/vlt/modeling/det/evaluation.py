@@ -102,6 +102,8 @@ def det_multi_target_table(
             "metrics": OrderedDict((m, float(metrics.get(m, float("nan")))) for m in DET_METRICS),
             "AP": per_class,
         })
+    # Classes without ground truth in any test set (all NaN) are left out of the columns.
+    classes = [c for c in classes if any(not math.isnan(r["AP"].get(c, float("nan"))) for r in rows)]
     targets = [r for r in rows if not r["source"]]
     mean = None
     if len(targets) > 1:
