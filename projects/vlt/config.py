@@ -256,6 +256,64 @@ def _add_rein_config(cfg):
 
 def _add_famix_config(cfg):
     """FAMix style mining and mixing (modeling/adapters/famix.py), CLIP ResNet + DeepLabv3+."""
+    # CLIP ResNet backbone (modeling/backbone/clip_resnet.py, BACKBONE.NAME "CLIPResNetBackbone"); the tower is
+    # MODEL.OPEN_CLIP.MODEL_NAME (RN50 / RN101 / VLT-RN-Tiny) with MODEL.OPEN_CLIP.PRETRAINED weights.
+    cfg.MODEL.CLIP_RESNET = CN()
+    # Output stride: 16 (FAMix: layer4 dilated), 8 (layer3 + layer4 dilated) or 32 (no dilation).
+    cfg.MODEL.CLIP_RESNET.OUTPUT_STRIDE = 16
+    # -1 = nothing frozen, 0 = stem, n = stem + layer1..n (frozen modules stay in eval mode). FAMix: 3.
+    cfg.MODEL.CLIP_RESNET.FROZEN_STAGES = -1
+    # Also freeze the first blocks of the stage after FROZEN_STAGES (FAMix GTA5 / Synthia: 2 blocks of layer4).
+    cfg.MODEL.CLIP_RESNET.FROZEN_BLOCKS_NEXT_STAGE = 0
+    cfg.MODEL.CLIP_RESNET.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # DeepLabv3+ head (modeling/seg/deeplabv3plus.py, SEM_SEG_HEAD.NAME "DeepLabV3PlusHead"); also reads
+    # SEM_SEG_HEAD.NUM_CLASSES, IGNORE_VALUE, LOSS_WEIGHT.
+    cfg.MODEL.DEEPLAB = CN()
+    cfg.MODEL.DEEPLAB.IN_FEATURE = "res5"
+    cfg.MODEL.DEEPLAB.LOW_LEVEL_FEATURE = "res2"
+    # ASPP dilation rates at output stride 16 (doubled automatically when IN_FEATURE has stride 8).
+    cfg.MODEL.DEEPLAB.ASPP_RATES = [6, 12, 18]
+    cfg.MODEL.DEEPLAB.ASPP_CHANNELS = 256
+    # Channels of the low-level projection (DeepLabv3+: 48).
+    cfg.MODEL.DEEPLAB.LOW_LEVEL_CHANNELS = 48
+    # Cross-entropy label smoothing (FAMix release: 0.1).
+    cfg.MODEL.DEEPLAB.LABEL_SMOOTHING = 0.1
+    # FAMix style mixing during training (Fahes et al., CVPR 2024, §3.3).
+    cfg.MODEL.FAMIX = CN()
+    cfg.MODEL.FAMIX.ENABLED = False
+    # Style bank from tools/mine_styles.py (torch file: class id -> [N, 2, C] mined (mu, sigma) + metadata).
+    cfg.MODEL.FAMIX.STYLE_BANK = ""
+    # Patches per side (FAMix: 3 x 3); mining and mixing must agree.
+    cfg.MODEL.FAMIX.GRID = 3
+    # Mixing weight s ~ Beta(BETA, BETA) per sample and channel (FAMix: 0.1).
+    cfg.MODEL.FAMIX.BETA = 0.1
+    # Where styles are mined and mixed: a CLIP ResNet stage ("res2" = layer1, FAMix) or, for the open_clip ViT /
+    # EVA02 towers (ours), the index of the block after which the patch tokens are restyled (e.g. "2").
+    cfg.MODEL.FAMIX.TAP = "res2"
+    # ReLU after restyling (FAMix release, CLIP ResNet taps; never applied on ViT tokens).
+    cfg.MODEL.FAMIX.RELU = True
+    # Style mining (tools/mine_styles.py, modeling/adapters/style_mining.py).
+    cfg.MODEL.FAMIX.MINING = CN()
+    # Dataset mined (first of DATASETS.TRAIN when empty).
+    cfg.MODEL.FAMIX.MINING.DATASET = ""
+    # Optimisation per patch (release patch_PIN.py): 100 SGD steps, lr 1.0, momentum 0.9, wd 1e-4.
+    cfg.MODEL.FAMIX.MINING.STEPS = 100
+    cfg.MODEL.FAMIX.MINING.LR = 1.0
+    cfg.MODEL.FAMIX.MINING.MOMENTUM = 0.9
+    cfg.MODEL.FAMIX.MINING.WEIGHT_DECAY = 1e-4
+    # Images per mining batch (release: 16) and crop (release: random 768 crops of the training set).
+    cfg.MODEL.FAMIX.MINING.BATCH_SIZE = 16
+    cfg.MODEL.FAMIX.MINING.CROP_SIZE = 768
+    # Release: one patch per distinct dominant class per batch (first occurrence); False = every patch.
+    cfg.MODEL.FAMIX.MINING.ONE_PATCH_PER_CLASS = True
+    # Restyled patches are resized to the tower's image size / 4 (56 x 56 for 224-pixel CLIP RN) before layer2.
+    cfg.MODEL.FAMIX.MINING.RESIZE = True
+    # Style descriptions + prompt templates (JSON: {"styles": [...], "templates": [...]}); "" = the packaged
+    # modeling/adapters/famix_prompts.json (release: 20 styles, 80 ImageNet templates).
+    cfg.MODEL.FAMIX.MINING.PROMPTS_FILE = ""
+    # Partial saves every this many batches (resumable).
+    cfg.MODEL.FAMIX.MINING.SAVE_PERIOD = 50
+    cfg.MODEL.FAMIX.MINING.SEED = 1
 
 
 def _add_det_config(cfg):

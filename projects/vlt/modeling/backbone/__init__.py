@@ -13,3 +13,4 @@ __all__ = [
     "OpenCLIPSimpleFeaturePyramid", "OpenCLIPViT", "VisionTower", "build_open_clip_model", "build_open_clip_tokenizer",
     "build_open_clip_vit_backbone", "default_tap_indices", "get_vit", "pixel_stats",
 ]
+from .clip_resnet import CLIPResNetBackbone  # noqa: F401,E402

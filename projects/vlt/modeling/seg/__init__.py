@@ -14,3 +14,4 @@ __all__ = [
     "build_mask2former_criterion", "build_pixel_decoder", "build_transformer_decoder",
     "multi_scale_deformable_attention_pytorch", "point_sample", "semantic_inference", "targets_from_sem_seg",
 ]
+from .deeplabv3plus import DeepLabV3PlusHead  # noqa: F401,E402
