@@ -1,6 +1,7 @@
 """CLIP ResNet (open_clip ``ModifiedResNet``, RN50 / RN101) as a Detectron2 backbone for FAMix (Fahes et al., CVPR
 2024, §4 "Implementation details"): res2..res5 = layer1..layer4, attention pool unused, dilated layer4 (output
 stride 16) or layer3 + layer4 (output stride 8), stages frozen in eval mode."""
+import logging
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -9,6 +10,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from torch import nn
 
 from .open_clip_loader import build_open_clip_model, pixel_stats
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["CLIPResNetBackbone", "dilate_clip_resnet_layer"]
 
@@ -111,12 +114,16 @@ class CLIPResNetBackbone(Backbone):
             frozen += self.stem_modules()
             frozen += layers[:frozen_stages]
         if frozen_blocks_next_stage:
-            if frozen_stages >= 4 or frozen_blocks_next_stage > len(layers[frozen_stages]):
+            if frozen_stages >= 4 or frozen_stages < 0:
                 raise ValueError(
-                    f"MODEL.CLIP_RESNET.FROZEN_BLOCKS_NEXT_STAGE={frozen_blocks_next_stage} does not fit after "
-                    f"FROZEN_STAGES={frozen_stages}"
+                    f"MODEL.CLIP_RESNET.FROZEN_BLOCKS_NEXT_STAGE={frozen_blocks_next_stage} needs FROZEN_STAGES "
+                    f"in 0..3, got {frozen_stages}"
                 )
-            frozen += list(layers[frozen_stages][:frozen_blocks_next_stage])
+            stage = layers[frozen_stages]
+            if frozen_blocks_next_stage > len(stage):  # e.g. the tiny test tower (one block per stage)
+                logger.warning("FROZEN_BLOCKS_NEXT_STAGE=%d but layer%d has %d blocks: freezing all of them",
+                               frozen_blocks_next_stage, frozen_stages + 1, len(stage))
+            frozen += list(stage[:frozen_blocks_next_stage])
         for module in frozen:
             for p in module.parameters():
                 p.requires_grad_(False)

@@ -1,0 +1,125 @@
+#!/usr/bin/env python
+"""FAMix local style mining (Fahes et al., CVPR 2024, §3.2): one pass over the training set, (μ, σ) per patch,
+saved as per-class style banks for MODEL.FAMIX.STYLE_BANK. Resumable: rerun the same command after a kill.
+
+    python tools/mine_styles.py --config-file configs/famix_gta_rn50.yaml --output styles/famix_gta_rn50.pth
+"""
+import argparse
+import logging
+import os
+
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from tqdm import tqdm
+
+from vlt.data.semantic_mapper import read_image, read_sem_seg
+from vlt.modeling.adapters.style_mining import (
+    ResNetTapEmbedder,
+    StyleBank,
+    load_famix_prompts,
+    mine_patch_styles,
+    prompt_table,
+)
+from vlt.modeling.backbone import build_open_clip_model, build_open_clip_tokenizer, pixel_stats
+from vlt.utils.config import load_config
+
+logger = logging.getLogger("vlt.mine_styles")
+
+
+def random_crop(image: np.ndarray, label: np.ndarray, size: int, rng: np.random.Generator):
+    """A random size × size crop of image [H, W, 3] / label [H, W]; pads (0 / 255) when the image is smaller."""
+    h, w = label.shape
+    ph, pw = max(size - h, 0), max(size - w, 0)
+    if ph or pw:
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
+        label = np.pad(label, ((0, ph), (0, pw)), constant_values=255)
+        h, w = label.shape
+    y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+    return image[y:y + size, x:x + size], label[y:y + size, x:x + size]
+
+
+def mine_styles(cfg, output: str, device: str = "cpu", max_images: int = 0) -> StyleBank:
+    """Mine the style bank of ``cfg`` (MODEL.FAMIX.*) into ``output``; continue a partial file if there is one."""
+    mining = cfg.MODEL.FAMIX.MINING
+    dataset = mining.DATASET or cfg.DATASETS.TRAIN[0]
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    class_names = list(MetadataCatalog.get(dataset).stuff_classes)[:num_classes]
+    model_name = cfg.MODEL.OPEN_CLIP.MODEL_NAME
+    prompts = load_famix_prompts(mining.PROMPTS_FILE)
+    metadata = {
+        "model_name": model_name, "pretrained": cfg.MODEL.OPEN_CLIP.PRETRAINED, "tap": cfg.MODEL.FAMIX.TAP,
+        "grid": cfg.MODEL.FAMIX.GRID, "styles": prompts["styles"], "templates": prompts["templates"],
+        "ignore_prompt": prompts["ignore_prompt"], "class_names": class_names, "dataset": dataset,
+    }
+    bank = StyleBank(metadata)
+    if os.path.isfile(output):
+        bank = StyleBank.load(output)
+        for key in ("model_name", "tap", "grid", "dataset"):
+            if bank.metadata.get(key) != metadata[key]:
+                raise ValueError(f"{output}: partial bank has {key}={bank.metadata.get(key)!r}, config has "
+                                 f"{metadata[key]!r}; delete it or pick another --output")
+        logger.info("Resuming %s: %d images done", output, len(bank.done_images))
+
+    clip = build_open_clip_model(model_name, cfg.MODEL.OPEN_CLIP.PRETRAINED, cfg.MODEL.OPEN_CLIP.CACHE_DIR,
+                                 keep_text_tower=True).to(device).eval()
+    if not hasattr(clip.visual, "attnpool"):
+        raise NotImplementedError(f"Style mining on {model_name}: only CLIP ResNet towers are supported so far")
+    clip.requires_grad_(False)
+    class_table, ignore_prompt = prompt_table(clip, build_open_clip_tokenizer(model_name), class_names, prompts,
+                                              device)
+    embedder = ResNetTapEmbedder(clip.visual, cfg.MODEL.FAMIX.TAP)
+    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in pixel_stats(model_name))
+
+    dicts = DatasetCatalog.get(dataset)
+    rng = np.random.default_rng(mining.SEED)
+    order = rng.permutation(len(dicts))
+    if max_images:
+        order = order[:max_images]
+    done = set(bank.done_images)
+    todo = [dicts[i] for i in order if dicts[i]["file_name"] not in done]
+    generator = torch.Generator().manual_seed(mining.SEED + len(done))
+    batches = [todo[i:i + mining.BATCH_SIZE] for i in range(0, len(todo), mining.BATCH_SIZE)]
+    for step, batch in enumerate(tqdm(batches, desc="FAMix style mining", unit="batch")):
+        images, labels = [], []
+        for d in batch:
+            image, label = random_crop(read_image(d["file_name"], "RGB"),
+                                       read_sem_seg(d["sem_seg_file_name"], num_classes), mining.CROP_SIZE, rng)
+            images.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+            labels.append(torch.from_numpy(np.ascontiguousarray(label)).long())
+        x = (torch.stack(images).to(device).float() - mean) / std
+        with torch.no_grad():
+            features = embedder.tap(x)
+        result = mine_patch_styles(
+            embedder, features, torch.stack(labels).to(device), class_table, ignore_prompt,
+            grid=cfg.MODEL.FAMIX.GRID, steps=mining.STEPS, lr=mining.LR, momentum=mining.MOMENTUM,
+            weight_decay=mining.WEIGHT_DECAY, resize=mining.RESIZE, one_patch_per_class=mining.ONE_PATCH_PER_CLASS,
+            generator=generator,
+        )
+        bank.add(result["classes"], result["stats"], [d["file_name"] for d in batch])
+        if mining.SAVE_PERIOD and (step + 1) % mining.SAVE_PERIOD == 0:
+            bank.save(output, complete=False)
+    bank.save(output, complete=True)
+    sizes = {k: len(v) for k, v in bank.banks().items()}
+    logger.info("Saved %s: styles per class %s", output, sizes)
+    return bank
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--output", default="", help="bank file (default: MODEL.FAMIX.STYLE_BANK, else "
+                                                     "OUTPUT_DIR/famix_styles.pth)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--max-images", type=int, default=0, help="mine only this many images (0 = all)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    cfg = load_config(args.config_file, args.opts)
+    output = args.output or cfg.MODEL.FAMIX.STYLE_BANK or os.path.join(cfg.OUTPUT_DIR, "famix_styles.pth")
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    mine_styles(cfg, output, args.device, args.max_images)
+
+
+if __name__ == "__main__":
+    main()
