@@ -1,0 +1,112 @@
+"""FAMix style mining: prompts, the mining loop on a random-init tiny CLIP, the bank file, tools/mine_styles.py."""
+import json
+import runpy
+import sys
+
+import torch
+
+from vlt.modeling.adapters.famix import PatchStyleMixer
+from vlt.modeling.adapters.style_mining import (
+    ResNetTapEmbedder,
+    StyleBank,
+    encode_prompts,
+    load_famix_prompts,
+    mine_patch_styles,
+    split_patches,
+)
+from vlt.modeling.backbone import build_open_clip_model, build_open_clip_tokenizer
+from vlt.utils.config import load_config
+
+torch.set_num_threads(1)
+
+
+def test_packaged_prompts_are_the_release_lists():
+    prompts = load_famix_prompts()
+    assert len(prompts["styles"]) == 20 and prompts["styles"][0] == "Ethereal Mist style"
+    assert len(prompts["templates"]) == 80 and all("{}" in t for t in prompts["templates"])
+    assert prompts["ignore_prompt"] == "photo"
+
+
+def test_prompt_embedding_is_the_normalised_template_average():
+    torch.manual_seed(0)
+    clip = build_open_clip_model("VLT-RN-Tiny", keep_text_tower=True).eval()
+    tokenizer = build_open_clip_tokenizer("VLT-RN-Tiny")
+    templates = ["a photo of a {}.", "art of the {}."]
+    emb = encode_prompts(clip, tokenizer, ["Urban Grit style car"], templates)
+    with torch.no_grad():
+        raw = clip.encode_text(tokenizer([t.format("Urban Grit style car") for t in templates])).mean(0)
+    assert torch.allclose(emb[0], raw / raw.norm(), atol=1e-6)
+
+
+def test_split_patches_follows_the_grid():
+    x = torch.arange(2 * 36, dtype=torch.float).view(2, 1, 6, 6)
+    patches = split_patches(x, 3)
+    assert patches.shape == (18, 1, 2, 2)
+    assert torch.equal(patches[5], x[0, :, 2:4, 4:6]) and torch.equal(patches[9], x[1, :, 0:2, 0:2])
+
+
+def test_mining_moves_the_patch_embedding_towards_the_prompt():
+    torch.manual_seed(0)
+    clip = build_open_clip_model("VLT-RN-Tiny", keep_text_tower=True).eval().requires_grad_(False)
+    embedder = ResNetTapEmbedder(clip.visual, "res2")
+    assert embedder.embed_size == 16  # image 64 / 4, as 224 / 4 = 56 for RN50
+    images = torch.randn(2, 3, 96, 96)
+    labels = torch.zeros(2, 96, 96, dtype=torch.long)
+    labels[:, :, 48:] = 1
+    labels[1, 64:] = 255
+    features = embedder.tap(images)  # [2, 64, 24, 24]
+    text = torch.nn.functional.normalize(torch.randn(2, 3, 32), dim=-1)  # [K=2, S=3, D]
+    ignore = torch.nn.functional.normalize(torch.randn(32), dim=0)
+    result = mine_patch_styles(embedder, features, labels, text, ignore, grid=3, steps=30, lr=1.0,
+                               one_patch_per_class=False, generator=torch.Generator().manual_seed(0))
+    assert result["classes"].tolist() == [0, 0, 1] * 3 + [0, 0, 1, 0, 0, 1, 255, 255, 255]
+    assert result["stats"].shape == (18, 2, 64)
+    cos = result["cosine"]  # [31, 18]
+    assert (cos[-1] > cos[0] + 0.05).all(), (cos[0], cos[-1])
+    assert all(p.grad is None for p in embedder.visual.parameters())  # the CLIP tower stays frozen
+    one_each = mine_patch_styles(embedder, features, labels, text, ignore, grid=3, steps=1)
+    assert sorted(one_each["classes"].tolist()) == [0, 1, 255]  # release: one patch per distinct class
+
+
+def test_bank_file_round_trips_and_feeds_the_mixer(tmp_path):
+    bank = StyleBank({"model_name": "VLT-RN-Tiny", "grid": 2})
+    stats = torch.randn(4, 2, 8)
+    bank.add(torch.tensor([3, 255, 3, 0]), stats, ["a.png", "b.png"])
+    bank.save(str(tmp_path / "bank.pth"), complete=False)
+    loaded = StyleBank.load(str(tmp_path / "bank.pth"))
+    banks = loaded.banks()
+    assert sorted(banks) == [0, 3, 255] and loaded.done_images == ["a.png", "b.png"]
+    assert torch.equal(banks[3], stats[[0, 2]]) and torch.equal(banks[255], stats[[1]])
+    assert loaded.metadata == {"model_name": "VLT-RN-Tiny", "grid": 2}
+    mixer = PatchStyleMixer.from_file(str(tmp_path / "bank.pth"), num_classes=5)
+    assert mixer.grid == 2 and mixer.bank_count.tolist() == [1, 0, 0, 2, 0, 1]
+    rows = mixer.styles[mixer.bank_offset[3]: mixer.bank_offset[3] + 2]
+    assert torch.equal(rows, stats[[0, 2]])
+
+
+def test_mine_styles_tool_writes_and_resumes(tmp_path, make_cityscapes_split, register_dataset, monkeypatch):
+    records = make_cityscapes_split(str(tmp_path / "cs"), split="train", num_images=3, size=(64, 96))
+    name = register_dataset("famix_test_mining_train", records)
+    prompts = {"styles": ["Urban Grit style", "Pastel Dreams style"], "templates": ["a photo of a {}."],
+               "ignore_prompt": "photo"}
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    output = tmp_path / "bank.pth"
+    head = ["mine_styles.py", "--config-file", "configs/famix_gta_rn50.yaml", "--output", str(output),
+            "--device", "cpu"]
+    opts = ["MODEL.OPEN_CLIP.MODEL_NAME", "VLT-RN-Tiny", "MODEL.OPEN_CLIP.PRETRAINED", "",
+            "MODEL.FAMIX.MINING.DATASET", name, "MODEL.FAMIX.MINING.STEPS", "2", "MODEL.FAMIX.MINING.BATCH_SIZE", "2",
+            "MODEL.FAMIX.MINING.CROP_SIZE", "48", "MODEL.FAMIX.MINING.PROMPTS_FILE", str(tmp_path / "prompts.json")]
+    monkeypatch.setattr(sys, "argv", head + ["--max-images", "2"] + opts)
+    runpy.run_path("tools/mine_styles.py", run_name="__main__")
+    data = torch.load(output, weights_only=False)
+    assert data["complete"] and len(data["done_images"]) == 2 and data["styles"] == prompts["styles"]
+    assert data["model_name"] == "VLT-RN-Tiny" and data["grid"] == 3 and data["tap"] == "res2"
+    assert all(v.shape[1:] == (2, 64) for v in data["banks"].values())
+    first = {k: len(v) for k, v in data["banks"].items()}
+    monkeypatch.setattr(sys, "argv", head + opts)  # all 3 images: only the third one is mined
+    runpy.run_path("tools/mine_styles.py", run_name="__main__")
+    data = torch.load(output, weights_only=False)
+    assert len(data["done_images"]) == 3 and len(set(data["done_images"])) == 3
+    assert sum(len(v) for v in data["banks"].values()) > sum(first.values())
+    cfg = load_config("configs/famix_gta_rn50.yaml", ["MODEL.FAMIX.STYLE_BANK", str(output)])
+    assert PatchStyleMixer.from_file(cfg.MODEL.FAMIX.STYLE_BANK, 19).channels == 64
