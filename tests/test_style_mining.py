@@ -9,6 +9,7 @@ from vlt.modeling.adapters.famix import PatchStyleMixer
 from vlt.modeling.adapters.style_mining import (
     ResNetTapEmbedder,
     StyleBank,
+    ViTTapEmbedder,
     encode_prompts,
     load_famix_prompts,
     mine_patch_styles,
@@ -110,3 +111,22 @@ def test_mine_styles_tool_writes_and_resumes(tmp_path, make_cityscapes_split, re
     assert sum(len(v) for v in data["banks"].values()) > sum(first.values())
     cfg = load_config("configs/famix_gta_rn50.yaml", ["MODEL.FAMIX.STYLE_BANK", str(output)])
     assert PatchStyleMixer.from_file(cfg.MODEL.FAMIX.STYLE_BANK, 19).channels == 64
+
+
+def test_vit_mining_at_a_block_moves_the_embedding_towards_the_prompt():
+    """Ours: mining on the patch tokens after block 1 of a tiny open_clip ViT (class token of the source image)."""
+    torch.manual_seed(0)
+    clip = build_open_clip_model("VLT-ViT-Tiny-16", keep_text_tower=True).eval().requires_grad_(False)
+    embedder = ViTTapEmbedder(clip.visual, 1)
+    images = torch.randn(1, 3, 96, 96)
+    features, prefix = embedder.tap_with_prefix(images)
+    assert features.shape == (1, 64, 4, 4) and prefix.shape == (1, 1, 64)
+    with torch.no_grad():  # an untouched map gives the tower's own embedding
+        full = clip.visual(torch.nn.functional.interpolate(images, size=(64, 64), mode="bilinear"))
+        assert torch.allclose(embedder.embed(features, prefix), full, atol=1e-4)
+    labels = torch.zeros(1, 96, 96, dtype=torch.long)
+    text = torch.nn.functional.normalize(torch.randn(1, 2, 32), dim=-1)
+    ignore = torch.nn.functional.normalize(torch.randn(32), dim=0)
+    result = mine_patch_styles(embedder, features, labels, text, ignore, grid=2, steps=20, lr=1.0, relu=False,
+                               prefix=prefix, one_patch_per_class=False)
+    assert (result["cosine"][-1] > result["cosine"][0] + 0.05).all(), result["cosine"][[0, -1]]

@@ -17,6 +17,7 @@ from vlt.data.semantic_mapper import read_image, read_sem_seg
 from vlt.modeling.adapters.style_mining import (
     ResNetTapEmbedder,
     StyleBank,
+    ViTTapEmbedder,
     load_famix_prompts,
     mine_patch_styles,
     prompt_table,
@@ -63,12 +64,17 @@ def mine_styles(cfg, output: str, device: str = "cpu", max_images: int = 0) -> S
 
     clip = build_open_clip_model(model_name, cfg.MODEL.OPEN_CLIP.PRETRAINED, cfg.MODEL.OPEN_CLIP.CACHE_DIR,
                                  keep_text_tower=True).to(device).eval()
-    if not hasattr(clip.visual, "attnpool"):
-        raise NotImplementedError(f"Style mining on {model_name}: only CLIP ResNet towers are supported so far")
     clip.requires_grad_(False)
+    is_resnet = hasattr(clip.visual, "attnpool")
     class_table, ignore_prompt = prompt_table(clip, build_open_clip_tokenizer(model_name), class_names, prompts,
                                               device)
-    embedder = ResNetTapEmbedder(clip.visual, cfg.MODEL.FAMIX.TAP)
+    tap = cfg.MODEL.FAMIX.TAP
+    if is_resnet:
+        embedder = ResNetTapEmbedder(clip.visual, tap)
+    elif tap.isdigit():  # ours: after block TAP of a ViT tower
+        embedder = ViTTapEmbedder(clip.visual, int(tap))
+    else:
+        raise ValueError(f"MODEL.FAMIX.TAP={tap!r}: a ViT tower needs a block index, e.g. '2'")
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in pixel_stats(model_name))
 
     dicts = DatasetCatalog.get(dataset)
@@ -89,12 +95,12 @@ def mine_styles(cfg, output: str, device: str = "cpu", max_images: int = 0) -> S
             labels.append(torch.from_numpy(np.ascontiguousarray(label)).long())
         x = (torch.stack(images).to(device).float() - mean) / std
         with torch.no_grad():
-            features = embedder.tap(x)
+            features, prefix = embedder.tap_with_prefix(x) if not is_resnet else (embedder.tap(x), None)
         result = mine_patch_styles(
             embedder, features, torch.stack(labels).to(device), class_table, ignore_prompt,
             grid=cfg.MODEL.FAMIX.GRID, steps=mining.STEPS, lr=mining.LR, momentum=mining.MOMENTUM,
             weight_decay=mining.WEIGHT_DECAY, resize=mining.RESIZE, one_patch_per_class=mining.ONE_PATCH_PER_CLASS,
-            generator=generator,
+            relu=cfg.MODEL.FAMIX.RELU and is_resnet, prefix=prefix, generator=generator,
         )
         bank.add(result["classes"], result["stats"], [d["file_name"] for d in batch])
         if mining.SAVE_PERIOD and (step + 1) % mining.SAVE_PERIOD == 0:

@@ -12,8 +12,8 @@ from torch import nn
 from .famix import EPS, IGNORE, dominant_patch_classes
 
 __all__ = [
-    "PROMPTS_FILE", "ResNetTapEmbedder", "StyleBank", "encode_prompts", "load_famix_prompts", "mine_patch_styles",
-    "prompt_table", "split_patches",
+    "PROMPTS_FILE", "ResNetTapEmbedder", "StyleBank", "ViTTapEmbedder", "encode_prompts", "load_famix_prompts",
+    "mine_patch_styles", "prompt_table", "split_patches",
 ]
 
 PROMPTS_FILE = os.path.join(os.path.dirname(__file__), "famix_prompts.json")
@@ -81,10 +81,60 @@ class ResNetTapEmbedder(nn.Module):
             x = layer(x)
         return x
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor, prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
         for layer in self.layers[self.index + 1:]:
             x = layer(x)
         return self.visual.attnpool(x)
+
+
+class ViTTapEmbedder(nn.Module):
+    """Frozen open_clip ViT image tower split after block ``block_index`` (ours, beyond the paper): ``tap`` gives
+    the patch tokens as a map [B, C, h, w] (images at the tower's own size) and the prefix (class) token;
+    ``embed(map, prefix)`` runs the remaining blocks, ln_post, pooling and the projection. A restyled patch is
+    resized to the full token grid (``embed_size``) and keeps the class token of its source image."""
+
+    def __init__(self, visual: nn.Module, block_index: int):
+        super().__init__()
+        from open_clip.transformer import VisionTransformer
+
+        if not isinstance(visual, VisionTransformer):
+            raise NotImplementedError(f"ViT style mining needs an open_clip VisionTransformer, got "
+                                      f"{type(visual).__name__} (EVA02 towers are not supported yet)")
+        if not 0 <= block_index < len(visual.transformer.resblocks) - 1:
+            raise ValueError(f"MODEL.FAMIX.TAP={block_index}: must be a block index before the last block")
+        self.visual = visual.eval().requires_grad_(False)
+        self.block_index = block_index
+        self.embed_size = tuple(visual.grid_size)
+        image_size = visual.image_size
+        self.image_size = tuple(image_size) if isinstance(image_size, (tuple, list)) else (image_size, image_size)
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    def _blocks(self, x: torch.Tensor, blocks) -> torch.Tensor:
+        batch_first = getattr(self.visual.transformer, "batch_first", True)
+        x = x if batch_first else x.transpose(0, 1)
+        for block in blocks:
+            x = block(x)
+        return x if batch_first else x.transpose(0, 1)
+
+    def tap_with_prefix(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        images = F.interpolate(images, size=self.image_size, mode="bilinear", align_corners=False)
+        x = self._blocks(self.visual._embeds(images), self.visual.transformer.resblocks[: self.block_index + 1])
+        b, _, c = x.shape
+        grid = x[:, 1:].transpose(1, 2).reshape(b, c, *self.embed_size)  # [B, C, h, w]
+        return grid, x[:, :1]
+
+    def tap(self, images: torch.Tensor) -> torch.Tensor:
+        return self.tap_with_prefix(images)[0]
+
+    def embed(self, x: torch.Tensor, prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if prefix is None:
+            raise ValueError("ViTTapEmbedder.embed needs the prefix (class) tokens of the source images")
+        tokens = torch.cat([prefix, x.flatten(2).transpose(1, 2)], dim=1)  # [N, 1 + h*w, C]
+        tokens = self._blocks(tokens, self.visual.transformer.resblocks[self.block_index + 1:])
+        pooled, _ = self.visual._pool(tokens)
+        return pooled @ self.visual.proj if self.visual.proj is not None else pooled
 
 
 def split_patches(x: torch.Tensor, grid: int) -> torch.Tensor:
@@ -118,11 +168,15 @@ def mine_patch_styles(
     weight_decay: float = 1e-4,
     resize: bool = True,
     one_patch_per_class: bool = True,
+    relu: bool = True,
+    prefix: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Dict[str, torch.Tensor]:
     """Mine (μ, σ) for the patches of tap features [B, C, H, W] with labels [B, H', W'] (FAMix §3.2).
 
     class_prompts: [K, S, D] normalised text embeddings ("<style> <class>"), ignore_prompt: [D] ("photo").
+    ``relu``: ReLU after restyling (CLIP ResNet, as the release; off for ViT tokens). ``prefix``: [B, T, C] prefix
+    tokens of the source images, handed to ``embedder.embed`` (ViT taps).
     Each patch gets a random style of its dominant class; (μ, σ) start from the patch's own statistics and are
     optimised with SGD for ``steps`` steps on mean(1 - cos(image embedding of ReLU(restyled patch), text)).
     Returns {"classes": [N] (255 = ignore), "stats": [N, 2, C] (μ, σ), "cosine": [steps + 1, N] (cosine before
@@ -140,6 +194,8 @@ def mine_patch_styles(
         keep = torch.tensor(sorted(first.values()), device=classes.device)
     classes = classes[keep]
     patches = split_patches(features, grid)[keep]  # [N, C, h, w]
+    if prefix is not None:
+        prefix = prefix.detach().repeat_interleave(grid * grid, dim=0)[keep]  # [N, T, C]
     mean = patches.mean((2, 3), keepdim=True)
     std = (patches.var((2, 3), keepdim=True) + EPS).sqrt()
     content = (patches - mean) / std
@@ -153,10 +209,11 @@ def mine_patch_styles(
     optimizer = torch.optim.SGD([mu, sigma], lr=lr, momentum=momentum, weight_decay=weight_decay)
 
     def cosine() -> torch.Tensor:
-        x = F.relu(content * sigma + mu)
+        x = content * sigma + mu
+        x = F.relu(x) if relu else x
         if resize:
             x = F.adaptive_avg_pool2d(x, embedder.embed_size)
-        image = embedder.embed(x).float()
+        image = embedder.embed(x, prefix).float()
         image = image / image.norm(dim=-1, keepdim=True).detach()  # as the release: detached norm
         return F.cosine_similarity(text, image, dim=1)
 
