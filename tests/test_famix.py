@@ -158,3 +158,25 @@ def test_segmentor_trains_with_mixing_and_infers_at_the_original_size(tmp_path):
         out = model([{"image": image, "height": 30, "width": 35}])
     assert out[0]["sem_seg"].shape == (3, 30, 35)
     assert torch.allclose(out[0]["sem_seg"].sum(0), torch.ones(30, 35), atol=1e-5)
+
+
+def test_vit_backbone_gets_the_mixer_as_a_block_hook(tmp_path):
+    """Ours: FAMix on the lead's open_clip ViT backbone, TAP "block<i>"; the mixer runs once per training forward."""
+    bank = StyleBank()
+    bank.add(torch.tensor([0, 255]), torch.rand(2, 2, 64) + 0.5)
+    bank.save(str(tmp_path / "bank.pth"))
+    cfg = tiny_cfg("configs/famix_gta_rn50.yaml", [
+        "MODEL.BACKBONE.NAME", "build_open_clip_vit_backbone", "MODEL.OPEN_CLIP.MODEL_NAME", "VLT-ViT-Tiny-16",
+        "MODEL.FAMIX.TAP", "block1", "MODEL.FAMIX.STYLE_BANK", str(tmp_path / "bank.pth"),
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3"])
+    model = build_model(cfg).train()
+    assert not model.style_mixer.relu
+    calls = []
+    model.style_mixer.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape)))
+    image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    losses = model([{"image": image, "sem_seg": torch.zeros(64, 64, dtype=torch.long)}] * 2)
+    assert torch.isfinite(losses["loss_sem_seg"]) and calls == [(2, 64, 4, 4)]
+    model.eval()
+    with torch.no_grad():
+        model([{"image": image}])
+    assert len(calls) == 1 and model.style_mixer._targets is None  # eval: the hook skips the mixer

@@ -14,6 +14,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from tqdm import tqdm
 
 from vlt.data.semantic_mapper import read_image, read_sem_seg
+from vlt.modeling.adapters.famix import vit_tap_block
 from vlt.modeling.adapters.style_mining import (
     ResNetTapEmbedder,
     StyleBank,
@@ -71,10 +72,8 @@ def mine_styles(cfg, output: str, device: str = "cpu", max_images: int = 0) -> S
     tap = cfg.MODEL.FAMIX.TAP
     if is_resnet:
         embedder = ResNetTapEmbedder(clip.visual, tap)
-    elif tap.isdigit():  # ours: after block TAP of a ViT tower
-        embedder = ViTTapEmbedder(clip.visual, int(tap))
-    else:
-        raise ValueError(f"MODEL.FAMIX.TAP={tap!r}: a ViT tower needs a block index, e.g. '2'")
+    else:  # ours: after block i of a ViT tower (TAP "block<i>")
+        embedder = ViTTapEmbedder(clip.visual, vit_tap_block(tap))
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in pixel_stats(model_name))
 
     dicts = DatasetCatalog.get(dataset)

@@ -288,7 +288,7 @@ def _add_famix_config(cfg):
     # Mixing weight s ~ Beta(BETA, BETA) per sample and channel (FAMix: 0.1).
     cfg.MODEL.FAMIX.BETA = 0.1
     # Where styles are mined and mixed: a CLIP ResNet stage ("res2" = layer1, FAMix) or, for the open_clip ViT /
-    # EVA02 towers (ours), the index of the block after which the patch tokens are restyled (e.g. "2").
+    # EVA02 towers (ours), "block<i>": the patch tokens are restyled after block i (e.g. "block2").
     cfg.MODEL.FAMIX.TAP = "res2"
     # ReLU after restyling (FAMix release, CLIP ResNet taps; never applied on ViT tokens).
     cfg.MODEL.FAMIX.RELU = True

@@ -5,7 +5,7 @@ from CLIP (tools/mine_styles.py), during training only.
 paper) and, through :class:`TokenStyleMixerHook`, a block hook of the open_clip ViT / EVA02 tower (ours, beyond the
 paper: the patch tokens of one block seen as a 2-D map).
 """
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from torch import nn
 
 __all__ = [
     "PatchStyleMixer", "TokenStyleMixerHook", "build_famix_mixer", "dominant_patch_classes", "load_style_bank",
-    "patch_index_map", "patch_mean_std",
+    "patch_index_map", "patch_mean_std", "vit_tap_block",
 ]
 
 IGNORE = 255
@@ -185,6 +185,13 @@ class TokenStyleMixerHook(nn.Module):
         return torch.cat([prefix, mixed], dim=1)
 
 
+def vit_tap_block(tap: str) -> int:
+    """Block index of a ViT tap name "block<i>" (MODEL.FAMIX.TAP)."""
+    if not (tap.startswith("block") and tap[5:].isdigit()):
+        raise ValueError(f"MODEL.FAMIX.TAP={tap!r}: a ViT / EVA02 tower needs 'block<i>' (e.g. 'block2')")
+    return int(tap[5:])
+
+
 def build_famix_mixer(cfg, backbone: nn.Module) -> Optional[PatchStyleMixer]:
     """Load the style bank of cfg.MODEL.FAMIX and hook a mixer into the backbone (None when FAMix is off)."""
     famix = cfg.MODEL.FAMIX
@@ -201,7 +208,7 @@ def build_famix_mixer(cfg, backbone: nn.Module) -> Optional[PatchStyleMixer]:
         from ..backbone import get_vit
 
         vit = get_vit(backbone)
-        vit.add_block_hook(TokenStyleMixerHook(mixer, int(famix.TAP), getattr(vit, "num_prefix_tokens", 1)))
+        vit.add_block_hook(TokenStyleMixerHook(mixer, vit_tap_block(famix.TAP), getattr(vit, "num_prefix_tokens", 1)))
     else:
         backbone.add_stage_hook(famix.TAP, mixer)
     return mixer
