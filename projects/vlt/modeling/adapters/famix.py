@@ -91,7 +91,7 @@ class PatchStyleMixer(nn.Module):
     ):
         super().__init__()
         self.num_classes, self.grid, self.relu, self.ignore_value = num_classes, grid, relu, ignore_value
-        self.beta = torch.distributions.Beta(torch.tensor(float(beta)), torch.tensor(float(beta)))
+        self.register_buffer("beta", torch.tensor(float(beta)), persistent=False)  # Beta(α, α), on the model's device
         channels = {int(v.shape[2]) for v in banks.values() if v.numel()}
         if len(channels) > 1:
             raise ValueError(f"Style banks with different channel counts: {sorted(channels)}")
@@ -149,7 +149,7 @@ class PatchStyleMixer(nn.Module):
         style_mean = torch.where(found[..., None], style_mean.to(x.dtype), mean.transpose(1, 2)).transpose(1, 2)
         style_std = torch.where(found[..., None], style_std.to(x.dtype), std.transpose(1, 2)).transpose(1, 2)
         if weight is None:
-            weight = self.beta.sample((b, c, 1)).to(x)  # [B, C, 1]: shared by the P patches
+            weight = torch.distributions.Beta(self.beta, self.beta).sample((b, c, 1)).to(x.dtype)  # [B, C, 1]
         weight = weight.reshape(b, c, 1).to(x)
         new_mean = weight * mean + (1 - weight) * style_mean  # [B, C, P]
         new_std = weight * std + (1 - weight) * style_std
