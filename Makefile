@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= output/demo
 
-.PHONY: setup demo test lint clean-venv
+.PHONY: setup demo demo-det test lint clean-venv
 
 setup:
 	@bash tools/setup_env.sh
@@ -23,3 +23,6 @@ test: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+demo-det: setup
+	$(PY) tools/run_demo_det.py --output output/demo_det

@@ -109,7 +109,7 @@ class Trainer(DefaultTrainer):
         if metadata.get("has_labels", True):
             evaluators.append(SemSegMIoUEvaluator(dataset_name, distributed=True, output_dir=output_folder))
         if cfg.TEST.EXPORT.ENABLED:
-            evaluators.append(SemSegSubmissionWriter.from_config(cfg, dataset_name))
+            evaluators.append(SemSegSubmissionWriter(cfg, dataset_name))
         if not evaluators:
             raise ValueError(
                 f"{dataset_name} has no labels: set TEST.EXPORT.ENABLED True to write a test-server submission"
@@ -122,10 +122,12 @@ class Trainer(DefaultTrainer):
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and results:
             from ..evaluation import write_multi_target_table
+            from ..modeling.det import write_det_multi_target_table
 
-            write_multi_target_table(
-                results if isinstance(results, OrderedDict) else OrderedDict(results), cfg.OUTPUT_DIR
-            )
+            if len(cfg.DATASETS.TEST) == 1 and not isinstance(results.get(cfg.DATASETS.TEST[0]), dict):
+                results = OrderedDict({cfg.DATASETS.TEST[0]: results})
+            write_multi_target_table(OrderedDict(results), cfg.OUTPUT_DIR, dataset_names=list(cfg.DATASETS.TEST))
+            write_det_multi_target_table(OrderedDict(results), cfg.OUTPUT_DIR)
         return results
 
     # ------------------------------------------------------------------------------------------------ resume
