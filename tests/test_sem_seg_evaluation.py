@@ -244,6 +244,9 @@ def _distributed_worker(records, preds, class_names, out_file):
             json.dump(results, f)
     else:
         assert results == {}
+    # Tear the gloo group down before exit: without it a worker can abort at interpreter shutdown.
+    comm.synchronize()
+    torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow

@@ -109,13 +109,24 @@ def write_multi_target_table(
     body = [[r["name"], r["mIoU"]] + [r["IoU"].get(c, float("nan")) for c in classes] for r in all_rows]
     summary_header = list(table["summary"])
     summary_body = [list(table["summary"].values())]
+    return save_table(
+        table, "Semantic segmentation, all targets (IoU %)", output_dir, basename,
+        (header, body), (summary_header, summary_body),
+    )
+
+
+def save_table(table: Dict, title: str, output_dir: str, basename: str, rows, summary_rows) -> str:
+    """Log a results table and its summary, and save them as ``<basename>.json`` / ``.csv`` / ``_summary.csv``.
+
+    ``rows`` and ``summary_rows`` are (header, body) pairs; returns the logged text.
+    """
+    (header, body), (summary_header, summary_body) = rows, summary_rows
     text = (
         tabulate(body, headers=header, floatfmt=".2f", tablefmt="pipe")
         + "\n\n"
         + tabulate(summary_body, headers=summary_header, floatfmt=".2f", tablefmt="pipe")
     )
-    logger.info(f"Semantic segmentation, all targets (IoU %):\n{text}")
-
+    logger.info(f"{title}:\n{text}")
     PathManager.mkdirs(output_dir)
     with PathManager.open(os.path.join(output_dir, f"{basename}.json"), "w") as f:
         json.dump(json_safe(table), f, indent=1)

@@ -8,20 +8,15 @@ are shown but not averaged), and a summary line with AP and AP50 per target, as 
 side's table (:mod:`vlt.evaluation.multi_target`) does for mIoU; saved as ``det_multi_target.{json,csv}`` and
 ``det_multi_target_summary.csv``.
 """
-import json
 import logging
 import math
-import os
 from collections import OrderedDict
 from typing import Dict, Mapping, Optional, Sequence
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
-from detectron2.utils.file_io import PathManager
-from tabulate import tabulate
 
-from ...evaluation.multi_target import _write_csv
-from ...evaluation.sem_seg_evaluation import json_safe
+from ...evaluation.multi_target import save_table
 
 __all__ = [
     "DET_METRICS", "build_det_evaluator", "check_num_classes", "det_multi_target_table", "write_det_multi_target_table",
@@ -139,17 +134,8 @@ def write_det_multi_target_table(
     ]
     summary_header = ["metric", *table["summary"]["AP"]]
     summary_body = [[metric, *values.values()] for metric, values in table["summary"].items()]
-    text = (
-        tabulate(body, headers=header, floatfmt=".2f", tablefmt="pipe")
-        + "\n\n"
-        + tabulate(summary_body, headers=summary_header, floatfmt=".2f", tablefmt="pipe")
+    return save_table(
+        table, f"Detection ({task}), all targets (COCO AP %)", output_dir, basename,
+        (header, body), (summary_header, summary_body),
     )
-    logger.info(f"Detection ({task}), all targets (COCO AP %):\n{text}")
-
-    PathManager.mkdirs(output_dir)
-    with PathManager.open(os.path.join(output_dir, f"{basename}.json"), "w") as f:
-        json.dump(json_safe(table), f, indent=1)
-    _write_csv(os.path.join(output_dir, f"{basename}.csv"), header, body)
-    _write_csv(os.path.join(output_dir, f"{basename}_summary.csv"), summary_header, summary_body)
-    return text
 
