@@ -7,6 +7,8 @@
 """
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from vlt.engine import Trainer
 from vlt.utils.config import load_config
@@ -15,6 +17,9 @@ from vlt.utils.config import load_config
 def setup(args):
     cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
+    # default_setup only logs "detectron2" and "fvcore": without this, VLT's own lines (parameter report,
+    # multi-target table, submission summary, AMP fallback) reach neither the console nor log.txt.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vlt", abbrev_name="vlt")
     return cfg
 
 
