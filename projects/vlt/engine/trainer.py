@@ -126,8 +126,11 @@ class Trainer(DefaultTrainer):
 
             if len(cfg.DATASETS.TEST) == 1 and not isinstance(results.get(cfg.DATASETS.TEST[0]), dict):
                 results = OrderedDict({cfg.DATASETS.TEST[0]: results})
-            write_multi_target_table(OrderedDict(results), cfg.OUTPUT_DIR, dataset_names=list(cfg.DATASETS.TEST))
-            write_det_multi_target_table(OrderedDict(results), cfg.OUTPUT_DIR)
+            tasks = {task for r in results.values() if isinstance(r, dict) for task in r}
+            if any(task.split("/")[0] == "sem_seg" for task in tasks):
+                write_multi_target_table(OrderedDict(results), cfg.OUTPUT_DIR, dataset_names=list(cfg.DATASETS.TEST))
+            if "bbox" in tasks:
+                write_det_multi_target_table(OrderedDict(results), cfg.OUTPUT_DIR)
         return results
 
     # ------------------------------------------------------------------------------------------------ resume
