@@ -1,0 +1,235 @@
+"""Every configs/*.yaml loads the way tools/train_net.py loads it, names registered datasets, and builds a model
+that predicts (a tiny tower of the same family and patch size substituted); the VLTSeg recipe values are pinned;
+vltseg_cityscapes_test.yaml writes test-server submissions."""
+import glob
+import os
+import zipfile
+
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
+
+import vlt  # noqa: F401  (registers VLT components and datasets)
+from vlt.data.semantic_mapper import resolve_test_resolution
+from vlt.engine import Trainer
+from vlt.evaluation import SemSegSubmissionWriter
+from vlt.modeling.adapters.style_mining import StyleBank
+from vlt.solver import build_lr_scheduler
+from vlt.utils.config import load_config
+
+torch.set_num_threads(1)
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
+# Base-VLT.yaml only sets the tower and the optimizer family; its META_ARCHITECTURE is D2's default.
+BACKBONE_ONLY = {"Base-VLT.yaml"}
+HEIGHT, WIDTH = 64, 128
+
+# Small heads: one eval forward in well under a second on one CPU thread.
+TINY_SEG = [
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1", "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
+    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "8", "MODEL.REIN.NUM_TOKENS", "8", "MODEL.MASK_FORMER.DEC_LAYERS", "3",
+    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64", "TEST.SLIDE.CROP_SIZE", "(64, 64)", "TEST.SLIDE.STRIDE", "(48, 48)",
+]
+TINY_DET = [
+    "MODEL.OPEN_CLIP.PYRAMID_SQUARE_PAD", "128", "MODEL.OPEN_CLIP.PYRAMID_CHANNELS", "32",
+    "MODEL.ROI_BOX_HEAD.CONV_DIM", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", "200", "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
+]
+TINY_DEEPLAB = ["MODEL.DEEPLAB.ASPP_CHANNELS", "16", "MODEL.DEEPLAB.LOW_LEVEL_CHANNELS", "8"]
+
+
+def config_path(name):
+    return os.path.join(CONFIG_DIR, name)
+
+
+def tiny_tower(model_name: str) -> str:
+    """A VLT test tower of the same family and patch size as ``model_name``."""
+    if model_name.startswith(("RN", "VLT-RN")):
+        return "VLT-RN-Tiny"
+    family = "EVA02" if "EVA02" in model_name else "ViT"
+    return f"VLT-{family}-Tiny-{14 if model_name.split('-')[-1].startswith('14') else 16}"
+
+
+def tiny_config(name, tmp_path, extra=()):
+    """The config as train_net loads it, with a tiny tower (4 blocks: taps 0..3) and small heads."""
+    cfg = load_config(config_path(name))
+    opts = ["MODEL.OPEN_CLIP.MODEL_NAME", tiny_tower(cfg.MODEL.OPEN_CLIP.MODEL_NAME), "MODEL.OPEN_CLIP.PRETRAINED",
+            "", "MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", "False", "OUTPUT_DIR", str(tmp_path / "output")]
+    if len(cfg.MODEL.OPEN_CLIP.OUT_INDICES):
+        opts += ["MODEL.OPEN_CLIP.OUT_INDICES", "[0, 1, 2, 3]"]
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch == "VLTSegmentor":
+        opts += TINY_SEG
+    elif arch == "VLTGeneralizedRCNN":
+        opts += TINY_DET
+    elif arch == "PerPixelSegmentor":
+        opts += TINY_DEEPLAB
+    if cfg.MODEL.FAMIX.ENABLED:
+        bank = StyleBank({"model_name": "VLT-RN-Tiny", "tap": cfg.MODEL.FAMIX.TAP, "grid": cfg.MODEL.FAMIX.GRID})
+        bank.add(torch.tensor([0, 255]), torch.rand(2, 2, 64) + 0.5)
+        bank.save(str(tmp_path / "bank.pth"))
+        opts += ["MODEL.FAMIX.STYLE_BANK", str(tmp_path / "bank.pth")]
+    return load_config(config_path(name), opts + list(extra))
+
+
+def test_the_vltseg_configs_are_there():
+    assert {"vltseg_gta.yaml", "vltseg_cityscapes.yaml", "vltseg_cityscapes_test.yaml", "vltseg_gta_clip_vit_b16.yaml",
+            "vltseg_gta_clip_vit_l14.yaml", "vltseg_gta_eva02_b16.yaml"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_loads_and_names_registered_datasets(name):
+    cfg = load_config(config_path(name))
+    registered = set(DatasetCatalog.list())
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    if cfg.MODEL.FAMIX.MINING.DATASET:
+        names.append(cfg.MODEL.FAMIX.MINING.DATASET)
+    assert not set(names) - registered, f"{name}: unregistered datasets {sorted(set(names) - registered)}"
+    for dataset in cfg.DATASETS.TEST:
+        if MetadataCatalog.get(dataset).get("evaluator_type", "sem_seg") == "sem_seg":
+            resolve_test_resolution(cfg.INPUT.TEST_RESOLUTION, dataset)  # the preset covers every test set
+
+
+# Known rot, reported: VLTSegmentor pads to max(MASK_FORMER.SIZE_DIVISIBILITY, backbone's), so Mask2Former's 32 wins
+# over a native patch-14 tower's 28 and the tower rejects the input (vltseg_gta.yaml sets -1). Strict: passes = fixed.
+KNOWN_BROKEN = {
+    "Base-VLTSeg-Mask2Former.yaml": "EVA02-L-14 at native patch 14 with MASK_FORMER.SIZE_DIVISIBILITY 32",
+}
+BUILDABLE = [
+    pytest.param(c, marks=pytest.mark.xfail(strict=True, raises=ValueError, reason=KNOWN_BROKEN[c]))
+    if c in KNOWN_BROKEN else c
+    for c in CONFIGS if c not in BACKBONE_ONLY
+]
+
+
+@pytest.mark.parametrize("name", BUILDABLE)
+def test_config_builds_a_model_that_predicts(name, tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config(name, tmp_path)
+    model = build_model(cfg).eval()
+    image = torch.randint(0, 256, (3, HEIGHT, WIDTH), dtype=torch.uint8)
+    with torch.no_grad():
+        # Predictions come back at the requested (original) size, here twice the input.
+        output = model([{"image": image, "height": 2 * HEIGHT, "width": 2 * WIDTH}])[0]
+    if cfg.MODEL.META_ARCHITECTURE == "VLTSegmentor":  # every window / image is padded to whole patches
+        assert model.size_divisibility % model.backbone.patch_size == 0
+    if "sem_seg" in output:
+        scores = output["sem_seg"]
+        assert scores.shape == (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 2 * HEIGHT, 2 * WIDTH)
+        assert torch.isfinite(scores).all()
+    else:
+        instances = output["instances"]
+        assert instances.image_size == (2 * HEIGHT, 2 * WIDTH)
+        if len(instances):
+            assert instances.pred_classes.max() < cfg.MODEL.ROI_HEADS.NUM_CLASSES
+
+
+# ------------------------------------------------------------------------------------------- VLTSeg recipes
+def _shared_vltseg_recipe(cfg):
+    """Values every VLTSeg config shares (vltseg_gta.yaml; public reimplementation)."""
+    assert cfg.MODEL.META_ARCHITECTURE == "VLTSegmentor" and not cfg.MODEL.REIN.ENABLED
+    assert cfg.MODEL.OPEN_CLIP.PATCH_SIZE == 0  # native patch size
+    assert cfg.MODEL.OPEN_CLIP.OUT_MODE == "taps" and cfg.MODEL.OPEN_CLIP.TAPS_RESAMPLE == "deconv"
+    assert cfg.MODEL.OPEN_CLIP.DROP_PATH_RATE == 0.2 and cfg.MODEL.OPEN_CLIP.FROZEN_BLOCKS == 0
+    assert not cfg.MODEL.OPEN_CLIP.PIXEL_STATS_FROM_MODEL and tuple(cfg.MODEL.PIXEL_MEAN) == (123.675, 116.28, 103.53)
+    assert cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES == 100 and cfg.MODEL.MASK_FORMER.DEC_LAYERS == 10
+    assert cfg.SOLVER.OPTIMIZER == "ADAMW" and cfg.SOLVER.BASE_LR == 1e-4 and cfg.SOLVER.WEIGHT_DECAY == 0.05
+    assert cfg.SOLVER.BACKBONE_MULTIPLIER == 0.1 and cfg.SOLVER.LAYER_DECAY == 1.0
+    assert cfg.SOLVER.CLIP_GRADIENTS.ENABLED and cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "full_model"
+    assert cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE == 0.01
+    assert cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR" and cfg.SOLVER.POLY_LR_POWER == 0.9
+    assert (cfg.SOLVER.WARMUP_METHOD, cfg.SOLVER.WARMUP_FACTOR, cfg.SOLVER.WARMUP_ITERS) == ("constant", 1.0, 500)
+    assert cfg.INPUT.RESIZE_MODE == "ratio_range" and tuple(cfg.INPUT.RESIZE_RATIO_RANGE) == (0.5, 2.0)
+    assert cfg.INPUT.CROP.CAT_MAX_RATIO == 0.75 and cfg.INPUT.PHOTOMETRIC_DISTORTION
+    assert cfg.INPUT.RANDOM_FLIP == "horizontal" and cfg.TEST.MODE == "slide"
+
+
+@pytest.mark.parametrize("name, tower, taps", [
+    ("vltseg_gta.yaml", "EVA02-L-14", [9, 14, 19, 23]),
+    ("vltseg_gta_clip_vit_l14.yaml", "ViT-L-14", [9, 14, 19, 23]),
+    ("vltseg_gta_clip_vit_b16.yaml", "ViT-B-16", [3, 5, 7, 11]),
+    ("vltseg_gta_eva02_b16.yaml", "EVA02-B-16", [3, 5, 7, 11]),
+])
+def test_vltseg_gta_recipe(name, tower, taps):
+    cfg = load_config(config_path(name))
+    _shared_vltseg_recipe(cfg)
+    assert cfg.MODEL.OPEN_CLIP.MODEL_NAME == tower and list(cfg.MODEL.OPEN_CLIP.OUT_INDICES) == taps
+    assert cfg.DATASETS.TRAIN == ("gta5_train",)
+    assert cfg.DATASETS.TEST == ("cityscapes_fine_val", "bdd100k_sem_seg_val", "mapillary_19_val")
+    assert cfg.SOLVER.IMS_PER_BATCH == 16 and cfg.SOLVER.MAX_ITER == 5000
+    assert tuple(cfg.INPUT.RESIZE_BASE) == (1280, 720) and tuple(cfg.INPUT.CROP.SIZE) == (512, 512)
+    assert tuple(cfg.TEST.SLIDE.CROP_SIZE) == (512, 512) and tuple(cfg.TEST.SLIDE.STRIDE) == (426, 426)
+    assert cfg.INPUT.TEST_RESOLUTION == "rein" and list(cfg.TEST.SCALES) == [1.0] and not cfg.TEST.FLIP
+
+
+@pytest.mark.parametrize("name", ["vltseg_cityscapes.yaml", "vltseg_cityscapes_test.yaml"])
+def test_vltseg_cityscapes_recipe(name):
+    cfg = load_config(config_path(name))
+    _shared_vltseg_recipe(cfg)
+    assert cfg.MODEL.OPEN_CLIP.MODEL_NAME == "EVA02-L-14" and list(cfg.MODEL.OPEN_CLIP.OUT_INDICES) == [9, 14, 19, 23]
+    assert cfg.DATASETS.TRAIN == ("cityscapes_fine_train",)
+    assert cfg.SOLVER.IMS_PER_BATCH == 8 and cfg.SOLVER.MAX_ITER == 20000
+    assert tuple(cfg.INPUT.RESIZE_BASE) == (2048, 1024) and tuple(cfg.INPUT.CROP.SIZE) == (1024, 1024)
+    assert tuple(cfg.TEST.SLIDE.CROP_SIZE) == (1024, 1024) and tuple(cfg.TEST.SLIDE.STRIDE) == (768, 768)
+    assert cfg.INPUT.TEST_RESOLUTION == "native"
+    if name == "vltseg_cityscapes.yaml":
+        assert cfg.DATASETS.TEST == ("acdc_fog_val", "acdc_night_val", "acdc_rain_val", "acdc_snow_val",
+                                     "cityscapes_fine_val")
+        assert list(cfg.TEST.SCALES) == [1.0] and not cfg.TEST.FLIP and not cfg.TEST.EXPORT.ENABLED
+    else:
+        assert cfg.DATASETS.TEST == ("cityscapes_fine_test", "acdc_all_test")
+        assert list(cfg.TEST.SCALES) == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] and cfg.TEST.FLIP
+        assert cfg.TEST.EXPORT.ENABLED and cfg.TEST.EXPORT.ZIP
+
+
+@pytest.mark.parametrize("name", ["vltseg_gta.yaml", "vltseg_cityscapes.yaml"])
+def test_vltseg_schedule_holds_the_base_lr_for_500_iterations_then_decays(name):
+    """[reimpl] PolyLR(begin=500): constant 1e-4 for 500 iterations, then poly 0.9 down to 0 at MAX_ITER (VLT's poly
+    runs over all iterations, so it resumes at (1 - 500 / MAX_ITER) ** 0.9 of the base LR)."""
+    cfg = load_config(config_path(name))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    lrs = []
+    for _ in range(cfg.SOLVER.MAX_ITER):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    max_iter = cfg.SOLVER.MAX_ITER
+    assert lrs[0] == lrs[499] == pytest.approx(1e-4)
+    assert lrs[500] == pytest.approx(1e-4 * (1 - 500 / max_iter) ** 0.9, rel=1e-6)
+    assert lrs[-1] == pytest.approx(1e-4 * (1 / max_iter) ** 0.9, rel=1e-6)
+
+
+def test_export_config_builds_only_submission_writers(tmp_path):
+    cfg = load_config(config_path("vltseg_cityscapes_test.yaml"), ["OUTPUT_DIR", str(tmp_path)])
+    formats = {}
+    for dataset in cfg.DATASETS.TEST:
+        assert not MetadataCatalog.get(dataset).get("has_labels", True)
+        writer = Trainer.build_evaluator(cfg, dataset)
+        assert isinstance(writer, SemSegSubmissionWriter)
+        formats[dataset] = writer.submission_format
+    assert formats == {"cityscapes_fine_test": "cityscapes", "acdc_all_test": "acdc"}
+
+
+def test_export_config_writes_the_submissions_end_to_end(tmp_path, monkeypatch, make_cityscapes_split,
+                                                        make_acdc_split):
+    """What ``train_net.py --eval-only`` runs (Trainer.test) on tiny unlabelled test splits in the real layouts."""
+    make_cityscapes_split(str(tmp_path / "cityscapes"), split="test", num_images=2, size=(32, 64), labels=False)
+    make_acdc_split(str(tmp_path / "acdc"), split="test", conditions=("fog", "night", "rain", "snow"),
+                    per_condition=1, size=(32, 56), labels=False)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    cfg = tiny_config("vltseg_cityscapes_test.yaml", tmp_path,
+                      ["DATALOADER.NUM_WORKERS", "0", "TEST.SCALES", "[0.5, 1.0]"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    Trainer.test(cfg, model)
+    root = tmp_path / "output" / "submission"
+    with zipfile.ZipFile(next((root / "cityscapes_fine_test").glob("*.zip"))) as z:
+        pngs = [n for n in z.namelist() if n.endswith(".png")]
+    assert len(pngs) == 2 and all(os.path.basename(n).endswith("_leftImg8bit.png") for n in pngs)
+    acdc_zips = {p.name for p in (root / "acdc_all_test").glob("*.zip")}
+    assert "acdc_all.zip" in acdc_zips
+    with zipfile.ZipFile(root / "acdc_all_test" / "acdc_all.zip") as z:
+        assert len([n for n in z.namelist() if n.endswith(".png")]) == 4
