@@ -1,9 +1,11 @@
 """VLT's Trainer: Detectron2's DefaultTrainer with VLT's data, evaluation, optimizer, AMP and resume behaviour."""
 import logging
 import os
+import random
 from collections import OrderedDict
 from typing import Dict, Optional
 
+import numpy as np
 import torch
 from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
@@ -79,6 +81,9 @@ class Trainer(DefaultTrainer):
         loader = build_detection_train_loader(
             dataset, mapper=build_train_mapper(cfg), sampler=sampler, total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
             aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING, num_workers=cfg.DATALOADER.NUM_WORKERS,
+            # The loader's own generator draws the workers' base seed: starting it leaves the global torch stream
+            # alone (a resumed run restores that stream and starts its loader later than iteration 0).
+            seed=sampler.seed + comm.get_rank(),
         )
         loader.vlt_sampler = sampler
         return loader
@@ -139,18 +144,43 @@ class Trainer(DefaultTrainer):
         sampler = getattr(self._trainer.data_loader, "vlt_sampler", None)
         if sampler is not None:
             state["data_sampler_seed"] = sampler.seed
+        if comm.get_world_size() == 1:
+            # One process: its random streams (augmentation, Mask2Former point sampling, dropout) are the run's
+            # whole randomness; with several processes only rank 0 saves, so they are not restored.
+            # Plain types and tensors only: fvcore reads checkpoints with torch.load(weights_only=True).
+            name, keys, pos, has_gauss, gauss = np.random.get_state()
+            state["rng_states"] = {
+                "python": random.getstate(), "torch": torch.get_rng_state(),
+                "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            }
         return state
 
     def load_state_dict(self, state_dict):
         seed: Optional[int] = state_dict.pop("data_sampler_seed", None)
+        self._rng_states = state_dict.pop("rng_states", None) if comm.get_world_size() == 1 else None
         super().load_state_dict(state_dict)
         sampler = getattr(self._trainer.data_loader, "vlt_sampler", None)
         if seed is not None and sampler is not None:
             sampler.set_seed(seed)
 
+    def _restore_rng_states(self):
+        states, self._rng_states = getattr(self, "_rng_states", None), None
+        if not states:
+            return
+        random.setstate(states["python"])
+        name, keys, pos, has_gauss, gauss = states["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
+        logger.info("Restored the random number generator states of the checkpoint")
+
     def train(self):
-        """Continue the data stream where the checkpoint left it (same batches as an uninterrupted run)."""
+        """Continue where the checkpoint left it: the data stream (same batches as an uninterrupted run) and, in
+        a single process, the random streams (then single-threaded CPU training resumes bit-identically)."""
         sampler = getattr(self._trainer.data_loader, "vlt_sampler", None)
         if sampler is not None:
             sampler.set_start(self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH)
+        self._restore_rng_states()
         return super().train()
