@@ -94,3 +94,26 @@ def test_poly_schedule_with_linear_warmup():
     assert lrs[50] == pytest.approx((1 - 0.5) ** 0.9)
     assert lrs[99] == pytest.approx((1 - 0.99) ** 0.9)
     assert PolyParamScheduler(0.9, constant_ending=0.2)(0.999) == 0.2
+
+
+def test_poly_after_warmup_starts_from_the_base_lr_when_the_warmup_ends():
+    """SOLVER.POLY_LR_AFTER_WARMUP: mmseg PolyLR(begin=WARMUP_ITERS, end=MAX_ITER) after a constant warm-up."""
+    cfg = get_cfg()
+    add_vlt_config(cfg)
+    cfg.SOLVER.merge_from_list([
+        "LR_SCHEDULER_NAME", "WarmupPolyLR", "BASE_LR", 1.0, "MAX_ITER", 100, "WARMUP_ITERS", 20,
+        "WARMUP_METHOD", "constant", "WARMUP_FACTOR", 1.0, "POLY_LR_POWER", 0.9,
+    ])
+    lrs = {}
+    for rescale in (False, True):
+        cfg.SOLVER.POLY_LR_AFTER_WARMUP = rescale
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = build_lr_scheduler(cfg, optimizer)
+        lrs[rescale] = []
+        for _ in range(100):
+            lrs[rescale].append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+    assert lrs[True][19] == pytest.approx(1.0) and lrs[True][20] == pytest.approx(1.0)
+    assert lrs[True][60] == pytest.approx((1 - 40 / 80) ** 0.9)
+    assert lrs[False][20] == pytest.approx((1 - 20 / 100) ** 0.9)

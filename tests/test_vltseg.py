@@ -7,6 +7,7 @@ from detectron2.modeling import build_model
 
 import vlt  # noqa: F401  (registers VLT components)
 from vlt.config import add_vlt_config
+from vlt.modeling.meta_arch.vltseg import padding_divisibility
 
 
 def tiny_cfg(model_name="VLT-ViT-Tiny-16", num_classes=4):
@@ -118,3 +119,10 @@ def test_eva02_tower_trains_too(model_name):
     sum(losses.values()).backward()
     grads = [p.grad for n, p in model.named_parameters() if n.startswith("backbone.tower.") and p.requires_grad]
     assert grads and all(g is not None for g in grads)
+
+
+@pytest.mark.parametrize(
+    "head, backbone, expected", [(32, 32, 32), (32, 16, 32), (32, 28, 28), (-1, 28, 28), (64, 0, 64)]
+)
+def test_padding_divisibility_keeps_32_where_the_tower_allows_it(head, backbone, expected):
+    assert padding_divisibility(head, backbone) == expected

@@ -87,6 +87,9 @@ def _add_solver_config(cfg):
     cfg.SOLVER.POLY_LR_POWER = 0.9
     # Poly schedule floor: the LR never falls under BASE_LR × this.
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+    # Poly over the iterations after the warm-up (mmseg PolyLR(begin=WARMUP_ITERS): it starts from the full LR when
+    # the warm-up ends) instead of over all MAX_ITER iterations (Mask2Former's WarmupPolyLR: it starts lower).
+    cfg.SOLVER.POLY_LR_AFTER_WARMUP = False
     # Mixed precision dtype when SOLVER.AMP.ENABLED: "bfloat16" (where supported) or "float16" (with a
     # gradient scaler).
     cfg.SOLVER.AMP.DTYPE = "bfloat16"

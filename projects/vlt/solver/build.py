@@ -64,6 +64,6 @@ def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer):
         cfg.SOLVER.WARMUP_FACTOR,
         min(cfg.SOLVER.WARMUP_ITERS / max_iter, 1.0),
         cfg.SOLVER.WARMUP_METHOD,
-        rescale_interval=False,
+        rescale_interval=cfg.SOLVER.POLY_LR_AFTER_WARMUP,
     )
     return LRMultiplier(optimizer, multiplier=scheduler, max_iter=max_iter)

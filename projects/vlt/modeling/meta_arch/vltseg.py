@@ -22,6 +22,19 @@ logger = logging.getLogger(__name__)
 __all__ = ["VLTSegmentor"]
 
 
+def padding_divisibility(head_divisibility: int, backbone_divisibility: int) -> int:
+    """What inputs are padded to a multiple of: Mask2Former's SIZE_DIVISIBILITY (32) when the backbone can take it
+    (a multiple of the backbone's own, e.g. 2 x patch 16), else the backbone's (a native patch-14 tower: 28; 32 is no
+    multiple of 14, and the lcm 224 would pad a 512 crop to 672). ``head_divisibility`` <= 0: the backbone's."""
+    if head_divisibility <= 0 or backbone_divisibility <= 0:
+        return max(head_divisibility, backbone_divisibility, 0)
+    if head_divisibility % backbone_divisibility == 0:
+        return head_divisibility
+    logger.info("Padding inputs to multiples of %d (the backbone's), not MODEL.MASK_FORMER.SIZE_DIVISIBILITY %d",
+                backbone_divisibility, head_divisibility)
+    return backbone_divisibility
+
+
 @META_ARCH_REGISTRY.register()
 class VLTSegmentor(nn.Module):
     """Backbone + Mask2Former for semantic segmentation, trained with Mask2Former's set criterion.
@@ -81,7 +94,9 @@ class VLTSegmentor(nn.Module):
             "rein": rein,
             "pixel_mean": pixel_mean,
             "pixel_std": pixel_std,
-            "size_divisibility": max(cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY, backbone.size_divisibility),
+            "size_divisibility": padding_divisibility(
+                cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY, backbone.size_divisibility
+            ),
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "test_mode": cfg.TEST.MODE,
             "slide_crop_size": cfg.TEST.SLIDE.CROP_SIZE,
