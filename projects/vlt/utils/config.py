@@ -17,10 +17,15 @@ def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True)
         cfg.merge_from_file(config_file)
     except KeyError as e:
         raise KeyError(f"{config_file}: {e.args[0] if e.args else e} (not a Detectron2 or VLT config key)") from e
-    try:
-        cfg.merge_from_list(list(opts))
-    except (KeyError, ValueError, AssertionError) as e:
-        raise type(e)(f"command-line override {list(opts)}: {e}") from e
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ValueError(f"command-line overrides must be KEY VALUE pairs, got {len(opts)} items: {opts}")
+    for key, value in zip(opts[0::2], opts[1::2]):  # one pair at a time, so an error names its own pair
+        try:
+            cfg.merge_from_list([key, value])
+        except (KeyError, ValueError, AssertionError) as e:
+            hint = " (not a Detectron2 or VLT config key)" if "Non-existent key" in str(e) else ""
+            raise type(e)(f"command-line override {key} {value!r}: {e}{hint}") from e
     if freeze:
         cfg.freeze()
     return cfg
