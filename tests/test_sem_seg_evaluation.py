@@ -317,3 +317,96 @@ def test_multi_target_table_accepts_a_single_datasets_results():
     table = multi_target_table({"sem_seg": _metrics(42.0, 1.0, 2.0)}, dataset_names=["bdd_val"])
     assert [r["name"] for r in table["rows"]] == ["bdd_val"] and table["mean"] is None
     assert table["summary"] == {"bdd_val": 42.0, "mean": 42.0}
+
+
+# ------------------------------------------------------------------------- class subsets (SYNTHIA 16 / 13)
+def _subset_hand_confusion():
+    """19 classes: road 6 px (4 -> road, 2 -> sidewalk), sidewalk 2 (-> sidewalk), wall 2 (-> terrain), sky 4
+    (3 -> sky, 1 -> fence), truck 2 (-> truck). IoUs: road 4/6, sidewalk 2/4, wall 0, fence 0 (predicted, absent
+    from the ground truth), terrain 0, sky 3/4, truck 1; the other 12 classes NaN (never seen nor predicted)."""
+    confusion = np.zeros((19, 19), dtype=np.int64)
+    road, sidewalk, wall, fence, terrain, sky, truck = 0, 1, 3, 4, 9, 10, 14
+    confusion[road, road], confusion[road, sidewalk], confusion[sidewalk, sidewalk] = 4, 2, 2
+    confusion[wall, terrain], confusion[sky, sky], confusion[sky, fence], confusion[truck, truck] = 2, 3, 1, 2
+    return confusion
+
+
+def test_class_subsets_are_the_synthia_16_and_13_protocols():
+    from vlt.data.cityscapes_classes import CLASSES
+
+    subsets = sem_seg_module.resolve_class_subsets(["synthia16", "synthia13"], CLASSES)
+    assert subsets["synthia16"] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18]  # no terrain/truck/train
+    assert subsets["synthia13"] == [0, 1, 2, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18]  # also no wall/fence/pole
+    with pytest.raises(ValueError, match="unknown subset 'synthia15'"):
+        sem_seg_module.resolve_class_subsets(["synthia15"], CLASSES)
+    with pytest.raises(ValueError, match="'synthia13': classes .*'sidewalk'"):
+        sem_seg_module.resolve_class_subsets(["synthia13"], ["road", "sky"])
+
+
+def test_subset_miou_equals_hand_computation():
+    from vlt.data.cityscapes_classes import CLASSES
+
+    confusion = _subset_hand_confusion()
+    subsets = sem_seg_module.resolve_class_subsets(["synthia16", "synthia13"], CLASSES)
+    metrics = segmentation_metrics(confusion, CLASSES, subsets)
+    assert list(metrics)[:4] == ["mIoU", "mIoU-synthia16", "mIoU-synthia13", "fwIoU"]
+    assert metrics["mIoU"] == pytest.approx(100 * (4 / 6 + 2 / 4 + 0 + 0 + 0 + 3 / 4 + 1) / 7)
+    # 16 classes: road, sidewalk, wall, fence, sky defined (terrain and truck are out); NaN classes left out
+    assert metrics["mIoU-synthia16"] == pytest.approx(100 * (4 / 6 + 2 / 4 + 0 + 0 + 3 / 4) / 5)
+    assert metrics["mIoU-synthia13"] == pytest.approx(100 * (4 / 6 + 2 / 4 + 3 / 4) / 3)  # no wall, fence
+    plain = segmentation_metrics(confusion, CLASSES)
+    assert list(plain) == [k for k in metrics if "synthia" not in k]
+    assert plain == pytest.approx({k: metrics[k] for k in plain}, nan_ok=True)
+
+
+def test_evaluator_reports_subsets_per_dataset_and_condition(tmp_path, make_acdc_split, register_dataset):
+    records = make_acdc_split(str(tmp_path / "acdc"), conditions=("fog", "night"))
+    name = register_dataset("vlt_test_eval_subsets", records)
+    preds = [torch.as_tensor(p) for p in _predictions(records, seed=4)]
+    results = _run(SemSegMIoUEvaluator(name, class_subsets=["synthia16"], output_dir=str(tmp_path / "out")),
+                   records, preds)
+    assert list(results) == ["sem_seg", "sem_seg/fog", "sem_seg/night"]
+    excluded = {"terrain", "truck", "train"}
+    for metrics in results.values():
+        ious = [v for k, v in metrics.items() if k.startswith("IoU-") and k[4:] not in excluded]
+        assert len(ious) == 16
+        assert metrics["mIoU-synthia16"] == pytest.approx(np.nanmean(ious))
+    saved = json.load(open(tmp_path / "out" / "sem_seg_evaluation.json"))
+    assert saved["results"]["sem_seg/fog"]["mIoU-synthia16"] == pytest.approx(results["sem_seg/fog"]["mIoU-synthia16"])
+
+
+def test_trainer_passes_test_miou_class_subsets(register_dataset):
+    from detectron2.config import get_cfg
+
+    from vlt.config import add_vlt_config
+    from vlt.engine.trainer import Trainer
+
+    cfg = add_vlt_config(get_cfg())
+    assert cfg.TEST.MIOU_CLASS_SUBSETS == []
+    cfg.TEST.MIOU_CLASS_SUBSETS = ["synthia16", "synthia13"]
+    evaluator = Trainer.build_evaluator(cfg, register_dataset("vlt_test_eval_trainer_subsets", []), "/nonexistent")
+    assert list(evaluator._class_subsets) == ["synthia16", "synthia13"]
+
+
+def test_multi_target_table_subset_columns_and_summary_rows(tmp_path):
+    def metrics(miou, synthia16, road, sky):
+        return dict(_metrics(miou, road, sky), **{"mIoU-synthia16": synthia16})
+
+    results = {
+        "cityscapes_val": {"sem_seg": metrics(40.0, 44.0, 90.0, 10.0)},
+        "acdc_val": {"sem_seg": metrics(30.0, 32.0, 80.0, 20.0), "sem_seg/fog": metrics(35.0, 38.0, 85.0, 25.0),
+                     "sem_seg/night": metrics(25.0, float("nan"), 75.0, 15.0)},
+    }
+    write_multi_target_table(results, str(tmp_path))
+    table = json.load(open(tmp_path / "multi_target.json"))
+    assert table["summary"] == {"cityscapes_val": 40.0, "acdc_val": 30.0, "mean": 35.0}  # unchanged
+    assert table["subset_summary"] == {"mIoU-synthia16": {"cityscapes_val": 44.0, "acdc_val": 32.0, "mean": 38.0}}
+    with open(tmp_path / "multi_target.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["dataset", "mIoU", "mIoU-synthia16", "road", "sky"]
+    assert rows[3] == ["acdc_val/fog", "35.0", "38.0", "85.0", "25.0"]
+    assert rows[4] == ["acdc_val/night", "25.0", "", "75.0", "15.0"]
+    assert rows[-1] == ["mean over targets", "35.0", "38.0", "85.0", "15.0"]
+    with open(tmp_path / "multi_target_summary.csv") as f:
+        assert list(csv.reader(f)) == [["metric", "cityscapes_val", "acdc_val", "mean"],
+                                       ["mIoU", "40.0", "30.0", "35.0"], ["mIoU-synthia16", "44.0", "32.0", "38.0"]]

@@ -147,6 +147,11 @@ def _add_test_config(cfg):
     # resolution; softmax probabilities are averaged (mmseg aug_test). [1.0] + no flip = plain inference.
     cfg.TEST.FLIP = False
     cfg.TEST.SCALES = [1.0]
+    # Class subsets whose mean IoU is also reported ("mIoU-<name>", per dataset and condition, and as extra columns
+    # of the multi-target table); names in vlt.evaluation.sem_seg_evaluation.MIOU_CLASS_SUBSETS: "synthia16" (the
+    # 19 classes without terrain, truck, train) and "synthia13" (also without wall, fence, pole), the
+    # SYNTHIA -> Cityscapes protocols of UDA papers (e.g. FDA's release: mIoU16 / mIoU13). [] = 19-class mIoU only.
+    cfg.TEST.MIOU_CLASS_SUBSETS = []
     # Test-server export (evaluation/export.py, SemSegSubmissionWriter) on a test (or val) split.
     cfg.TEST.EXPORT = CN()
     # Write the submission files during evaluation (tools/train_net.py --eval-only on a test split).

@@ -112,7 +112,9 @@ class Trainer(DefaultTrainer):
 
         evaluators = []
         if metadata.get("has_labels", True):
-            evaluators.append(SemSegMIoUEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+            evaluators.append(SemSegMIoUEvaluator(
+                dataset_name, distributed=True, output_dir=output_folder, class_subsets=cfg.TEST.MIOU_CLASS_SUBSETS
+            ))
         if cfg.TEST.EXPORT.ENABLED:
             evaluators.append(SemSegSubmissionWriter(cfg, dataset_name))
         if not evaluators:

@@ -5,6 +5,9 @@ Rows: every dataset, and every per-condition result of a dataset (e.g. ACDC fog/
 dataset rows (not the condition rows). A summary line, as papers print it, has one mIoU column per target and
 their mean. Logged with tabulate and saved to ``<output_dir>/multi_target.{json,csv}`` and
 ``multi_target_summary.csv``.
+
+Class-subset means (``mIoU-<subset>``, TEST.MIOU_CLASS_SUBSETS, e.g. ``mIoU-synthia16``) become extra columns
+after mIoU, and extra summary rows (the summary then starts with a "metric" column); absent, nothing changes.
 """
 import csv
 import json
@@ -24,6 +27,7 @@ __all__ = ["multi_target_table", "write_multi_target_table"]
 logger = logging.getLogger(__name__)
 
 MEAN_ROW = "mean over targets"
+SUBSET_PREFIX = "mIoU-"
 
 
 def _is_metrics(value) -> bool:
@@ -45,13 +49,16 @@ def multi_target_table(
     Datasets without ``task`` results (e.g. detection sets) are left out.
 
     Returns:
-        {"classes": [...], "rows": [{"name", "dataset", "condition", "mIoU", "IoU": {class: value}}],
-         "mean": row or None, "summary": {dataset: mIoU, ..., "mean": value}}
+        {"classes": [...], "subsets": ["mIoU-<subset>", ...],
+         "rows": [{"name", "dataset", "condition", "mIoU", "subsets": {"mIoU-<subset>": value}, "IoU": {class: value}}],
+         "mean": row or None, "summary": {dataset: mIoU, ..., "mean": value},
+         "subset_summary": {"mIoU-<subset>": {dataset: value, ..., "mean": value}}}
     """
     if any(_is_metrics(v) for v in results.values()):  # a single dataset's results
         name = dataset_names[0] if dataset_names else "test"
         results = OrderedDict([(name, results)])
     classes: List[str] = []
+    subsets: List[str] = []
     rows = []
     prefix = task + "/"
     for dataset, dataset_results in results.items():
@@ -64,12 +71,15 @@ def multi_target_table(
         ]
         for condition, metrics in entries:
             ious = OrderedDict((k[len("IoU-") :], float(v)) for k, v in metrics.items() if k.startswith("IoU-"))
+            subset_mious = OrderedDict((k, float(v)) for k, v in metrics.items() if k.startswith(SUBSET_PREFIX))
             classes += [c for c in ious if c not in classes]
+            subsets += [k for k in subset_mious if k not in subsets]
             rows.append({
                 "name": dataset if condition is None else f"{dataset}/{condition}",
                 "dataset": dataset,
                 "condition": condition,
                 "mIoU": float(metrics["mIoU"]),
+                "subsets": subset_mious,
                 "IoU": ious,
             })
     targets = [r for r in rows if r["condition"] is None]
@@ -78,11 +88,23 @@ def multi_target_table(
         mean = {
             "name": MEAN_ROW, "dataset": None, "condition": None,
             "mIoU": _nanmean([r["mIoU"] for r in targets]),
+            "subsets": OrderedDict((k, _nanmean([r["subsets"].get(k) for r in targets])) for k in subsets),
             "IoU": OrderedDict((c, _nanmean([r["IoU"].get(c) for r in targets])) for c in classes),
         }
-    summary = OrderedDict((r["dataset"], r["mIoU"]) for r in targets)
+    names = [r["dataset"] for r in targets]
+    summary = _summary(names, [r["mIoU"] for r in targets])
+    subset_summary = OrderedDict(
+        (k, _summary(names, [r["subsets"].get(k, float("nan")) for r in targets])) for k in subsets
+    )
+    return {"classes": classes, "subsets": subsets, "rows": rows, "mean": mean, "summary": summary,
+            "subset_summary": subset_summary}
+
+
+def _summary(datasets: Sequence[str], values: Sequence[float]) -> "OrderedDict[str, float]":
+    """{dataset: value, ..., "mean": the mean of the values that are not NaN}."""
+    summary = OrderedDict(zip(datasets, values))
     summary["mean"] = _nanmean(list(summary.values()))
-    return {"classes": classes, "rows": rows, "mean": mean, "summary": summary}
+    return summary
 
 
 def write_multi_target_table(
@@ -103,12 +125,20 @@ def write_multi_target_table(
     if not table["rows"]:
         logger.info(f"multi-target table: no {task} results")
         return ""
-    classes = table["classes"]
+    classes, subsets = table["classes"], table["subsets"]
     all_rows = table["rows"] + ([table["mean"]] if table["mean"] else [])
-    header = ["dataset", "mIoU"] + classes
-    body = [[r["name"], r["mIoU"]] + [r["IoU"].get(c, float("nan")) for c in classes] for r in all_rows]
+    header = ["dataset", "mIoU"] + subsets + classes
+    body = [
+        [r["name"], r["mIoU"]] + [r["subsets"].get(k, float("nan")) for k in subsets]
+        + [r["IoU"].get(c, float("nan")) for c in classes]
+        for r in all_rows
+    ]
     summary_header = list(table["summary"])
     summary_body = [list(table["summary"].values())]
+    if subsets:  # one summary row per metric, named in a first column
+        summary_header = ["metric"] + summary_header
+        summary_body = [["mIoU"] + summary_body[0]]
+        summary_body += [[k] + list(table["subset_summary"][k].values()) for k in subsets]
     return save_table(
         table, "Semantic segmentation, all targets (IoU %)", output_dir, basename,
         (header, body), (summary_header, summary_body),

@@ -6,13 +6,16 @@ ground-truth pixels equal to ``ignore_label`` are left out; the IoU of class c i
 counts with IoU 0. mAcc averages TP / #GT over classes present in the ground truth; fwIoU weights the IoUs by
 the classes' ground-truth frequencies; pAcc = sum TP / #valid pixels. (Detectron2's SemSegEvaluator instead
 leaves classes absent from the ground truth out of the mIoU.)
+
+Class subsets (``MIOU_CLASS_SUBSETS``, chosen by TEST.MIOU_CLASS_SUBSETS) add ``mIoU-<subset>``: the mean of the
+subset's IoUs with the same NaN rule, e.g. the 16 / 13 classes that SYNTHIA shares with Cityscapes.
 """
 import json
 import logging
 import os
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -24,6 +27,7 @@ from detectron2.utils.file_io import PathManager
 from PIL import Image
 from tabulate import tabulate
 
+from ..data.cityscapes_classes import CLASSES, SYNTHIA_16_TRAIN_IDS
 from .export import image_condition
 
 __all__ = [
@@ -33,6 +37,8 @@ __all__ = [
     "evaluate_label_files",
     "SemSegMIoUEvaluator",
     "json_safe",
+    "MIOU_CLASS_SUBSETS",
+    "resolve_class_subsets",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,6 +50,17 @@ _CPU_LANES = 4
 # torch.bincount runs on one CPU thread; above this many pixels it is split over torch's intra-op threads (<= 4).
 _PARALLEL_BINCOUNT_MIN_PIXELS = 1 << 20
 _bincount_pools: Dict[int, ThreadPoolExecutor] = {}  # by number of worker threads
+
+# Named class subsets whose mean IoU is reported as "mIoU-<name>" (TEST.MIOU_CLASS_SUBSETS), by class name.
+# synthia16: the 19 Cityscapes classes without terrain, truck and train (absent from SYNTHIA-RAND-CITYSCAPES);
+# synthia13: also without wall, fence and pole. These are the UDA protocols of SYNTHIA -> Cityscapes, "mIoU16" on
+# train ids [0-8, 10-13, 15, 17, 18] and "mIoU13" on [0-2, 6-8, 10-13, 15, 17, 18] (e.g. FDA's release,
+# YanchaoYang/FDA evaluation code).
+_SYNTHIA_16 = tuple(CLASSES[i] for i in SYNTHIA_16_TRAIN_IDS)
+MIOU_CLASS_SUBSETS: Dict[str, Tuple[str, ...]] = {
+    "synthia16": _SYNTHIA_16,
+    "synthia13": tuple(c for c in _SYNTHIA_16 if c not in ("wall", "fence", "pole")),
+}
 
 
 def read_label_png(path: str) -> np.ndarray:
@@ -147,11 +164,27 @@ def confusion_histogram(
     return torch.cat([counts[:num], ignored, invalid])
 
 
-def segmentation_metrics(confusion: np.ndarray, class_names: Sequence[str]) -> "OrderedDict[str, float]":
+def resolve_class_subsets(subset_names: Sequence[str], class_names: Sequence[str]) -> "OrderedDict[str, List[int]]":
+    """Subset name (a key of ``MIOU_CLASS_SUBSETS``) -> indices of its classes in ``class_names``."""
+    subsets = OrderedDict()
+    for name in subset_names:
+        if name not in MIOU_CLASS_SUBSETS:
+            raise ValueError(f"TEST.MIOU_CLASS_SUBSETS: unknown subset {name!r}; known: {sorted(MIOU_CLASS_SUBSETS)}")
+        missing = [c for c in MIOU_CLASS_SUBSETS[name] if c not in class_names]
+        if missing:
+            raise ValueError(f"class subset {name!r}: classes {missing} are not among the classes {list(class_names)}")
+        subsets[name] = [list(class_names).index(c) for c in MIOU_CLASS_SUBSETS[name]]
+    return subsets
+
+
+def segmentation_metrics(
+    confusion: np.ndarray, class_names: Sequence[str], class_subsets: Optional[Mapping[str, Sequence[int]]] = None
+) -> "OrderedDict[str, float]":
     """mIoU, fwIoU, mACC, pACC and per-class IoU-<name> / ACC-<name> (in %) from a [K, K] confusion matrix.
 
     ``confusion[g, p]`` counts pixels of ground-truth class g predicted as p. NaN marks classes without a
-    defined score (see the module docstring).
+    defined score (see the module docstring). ``class_subsets`` (name -> class indices, see
+    :func:`resolve_class_subsets`) adds ``mIoU-<name>`` after ``mIoU``: the mean IoU over those classes.
     """
     confusion = np.asarray(confusion, dtype=np.float64)
     if confusion.shape != (len(class_names), len(class_names)):
@@ -170,6 +203,8 @@ def segmentation_metrics(confusion: np.ndarray, class_names: Sequence[str]) -> "
 
     results = OrderedDict()
     results["mIoU"] = 100 * nanmean(iou)
+    for name, indices in (class_subsets or {}).items():
+        results[f"mIoU-{name}"] = 100 * nanmean(iou[list(indices)])
     results["fwIoU"] = 100 * float(np.nansum(gt_count / total * iou)) if total else float("nan")
     results["mACC"] = 100 * nanmean(acc)
     results["pACC"] = 100 * float(tp.sum() / total) if total else float("nan")
@@ -214,6 +249,7 @@ class SemSegMIoUEvaluator(DatasetEvaluator):
         class_names: Optional[Sequence[str]] = None,
         ignore_label: Optional[int] = None,
         group_by: Optional[Callable[[Mapping], Optional[str]]] = image_condition,
+        class_subsets: Sequence[str] = (),
     ):
         """
         Args:
@@ -222,11 +258,14 @@ class SemSegMIoUEvaluator(DatasetEvaluator):
             output_dir: where to save ``sem_seg_evaluation.json`` (metrics + confusion matrices); None = nowhere.
             class_names, ignore_label: override the metadata.
             group_by: input dict -> group name (None = no group) for per-group scores.
+            class_subsets: names in ``MIOU_CLASS_SUBSETS`` (TEST.MIOU_CLASS_SUBSETS); each adds ``mIoU-<name>``
+                to the dataset's and every condition's results.
         """
         metadata = MetadataCatalog.get(dataset_name)
         self._dataset_name = dataset_name
         self._class_names = list(class_names if class_names is not None else metadata.stuff_classes)
         self._num_classes = len(self._class_names)
+        self._class_subsets = resolve_class_subsets(class_subsets, self._class_names)
         self._ignore_label = ignore_label if ignore_label is not None else metadata.get("ignore_label", 255)
         self._distributed = distributed
         self._output_dir = output_dir
@@ -320,10 +359,12 @@ class SemSegMIoUEvaluator(DatasetEvaluator):
             logger.warning(f"{self._dataset_name}: no images were evaluated")
 
         results = OrderedDict()
-        results["sem_seg"] = segmentation_metrics(total[:num], self._class_names)
+        results["sem_seg"] = segmentation_metrics(total[:num], self._class_names, self._class_subsets)
         groups = sorted(state["groups"]) if len(state["groups"]) > 1 else []
         for name in groups:
-            results[f"sem_seg/{name}"] = segmentation_metrics(state["groups"][name][:num], self._class_names)
+            results[f"sem_seg/{name}"] = segmentation_metrics(
+                state["groups"][name][:num], self._class_names, self._class_subsets
+            )
         self._log(results)
         if self._output_dir:
             PathManager.mkdirs(self._output_dir)
@@ -344,7 +385,8 @@ class SemSegMIoUEvaluator(DatasetEvaluator):
     def _log(self, results):
         header = ["class"] + list(results)
         rows = [[name] + [results[task][f"IoU-{name}"] for task in results] for name in self._class_names]
-        rows += [[key] + [results[task][key] for task in results] for key in ("mIoU", "mACC", "fwIoU", "pACC")]
+        summary_keys = ["mIoU"] + [f"mIoU-{name}" for name in self._class_subsets] + ["mACC", "fwIoU", "pACC"]
+        rows += [[key] + [results[task][key] for task in results] for key in summary_keys]
         logger.info(
             f"Semantic segmentation on {self._dataset_name} (IoU %):\n"
             + tabulate(rows, headers=header, floatfmt=".2f", tablefmt="pipe")
