@@ -337,12 +337,17 @@ def test_prepare_mapillary_writes_both_protocols_and_half_copy(tmp_path):
     assert cv2.imread(str(root / "half" / "validation" / "images" / "k1.jpg")).shape == (2, 4, 3)
 
 
-def test_check_datasets_reports_present_and_broken(data_root, capsys):
+def _check_datasets_tool():
     from importlib import util
 
     spec = util.spec_from_file_location("check_datasets", "tools/check_datasets.py")
     module = util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_check_datasets_reports_present_and_broken(data_root, capsys):
+    module = _check_datasets_tool()
     _gta5(data_root)
     write_label(data_root / "gta5" / "labels" / "00003_labelTrainIds.png", np.full((8, 12), 77))
     assert module.main(["--names", "gta5_train", "--verify-labels", "2"]) == 0
@@ -353,3 +358,45 @@ def test_check_datasets_reports_present_and_broken(data_root, capsys):
     assert re.search(r"\| bdd100k_sem_seg_val\s+\| no\s+\| -", out)
     assert "gta5_train: ValueError: Label '" in out and "00003_labelTrainIds.png" in out
     assert "bdd100k_sem_seg_val: FileNotFoundError: bdd100k_sem_seg_val: dataset root" in out
+
+
+def _acdc_det(root, condition, box):
+    """ACDC detection layout: one 8x16 image and its COCO JSON with one bus box ``box`` (XYWH)."""
+    image = f"{condition}/val/GOPR0476/GOPR0476_frame_000854_rgb_anon.png"
+    path = root / "acdc" / "rgb_anon" / image
+    path.parent.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(path)
+    coco = {"images": [{"id": 1, "file_name": image, "height": 8, "width": 16}],
+            "categories": [{"id": 28, "name": "bus"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 28, "bbox": box, "iscrowd": 0}]}
+    json_file = root / "acdc" / "gt_detection" / condition / f"instancesonly_{condition}_val_gt_detection.json"
+    json_file.parent.mkdir(parents=True)
+    json_file.write_text(json.dumps(coco))
+
+
+def test_check_datasets_detection(data_root, capsys):
+    module = _check_datasets_tool()
+    _acdc_det(data_root, "fog", [2, 1, 10, 6])
+    _acdc_det(data_root, "rain", [2, 1, 30, 6])  # a box wider than the image: found by --verify-labels only
+    assert module.main(["--names", "acdc_det_fog_val", "acdc_det_rain_val", "--verify-labels", "0"]) == 0
+    assert module.main(["--names", "acdc_det_fog_val", "acdc_det_rain_val", "acdc_det_night_val", "gta5_train",
+                        "--verify-labels", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "Detection:" in out and "| dataset" in out and "| boxes" in out
+    assert re.search(r"\| acdc_det_rain_val\s+\| yes\s+\|\s+1 \|\s+1 \| OK", out)  # first run: not verified
+    assert re.search(r"\| acdc_det_fog_val\s+\| yes\s+\| 1\s+\| 1\s+\| OK", out)
+    assert re.search(r"\| acdc_det_rain_val\s+\| yes\s+\| 1\s+\| 1\s+\| ERROR", out)
+    assert re.search(r"\| acdc_det_night_val\s+\| yes\s+\| -\s+\| -\s+\| ERROR", out)
+    assert "acdc_det_rain_val: ValueError: Image '" in out and "outside the 8x16 image" in out
+    assert "acdc_det_night_val: FileNotFoundError: " in out and "instancesonly_night_val_gt_detection.json" in out
+    assert "Semantic segmentation:" in out and re.search(r"\| gta5_train\s+\| no", out)  # tasks in their tables
+
+    assert module.main(["--task", "det"]) == 0  # all registered ones; missing ones are reported, not fatal
+    out = capsys.readouterr().out
+    assert "Semantic segmentation:" not in out and re.search(r"\| sim10k_car_train\s+\| no\s+\| -", out)
+    assert re.search(r"\| acdc_det_fog_val\s+\| yes\s+\| 1", out)
+    assert module.main(["--task", "seg"]) == 0
+    out = capsys.readouterr().out
+    assert "Detection:" not in out and re.search(r"\| gta5_train\s+\| no", out)
+    assert module.main(["--names", "no_such_dataset"]) == 1
+    assert "no_such_dataset: KeyError: 'no_such_dataset' is not a registered dataset" in capsys.readouterr().out

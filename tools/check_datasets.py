@@ -1,36 +1,78 @@
 #!/usr/bin/env python
-"""Report which registered semantic-segmentation datasets are present: images, labels, OK or the error.
+"""Report which registered datasets are present: images, labels, OK or the error, one table per task.
 
-    python tools/check_datasets.py                       # every VLT sem_seg dataset
-    python tools/check_datasets.py --names cityscapes_fine_val acdc_night_val --verify-labels 20
+    python tools/check_datasets.py                       # every VLT dataset (segmentation and detection)
+    python tools/check_datasets.py --task det            # detection datasets only (seg: segmentation only)
+    python tools/check_datasets.py --names cityscapes_fine_val acdc_det_night_val --verify-labels 20
 
---verify-labels N also decodes the first N labels of each dataset and checks their values (class ids + 255).
-Exit status 1 if a dataset named with --names is missing or broken.
+Segmentation datasets list their image and label files; --verify-labels N also decodes the first N labels and checks
+their values (class ids + 255). Detection datasets run their loader, which needs the images folder and the
+annotations (COCO / BDD100K JSON, instance-id PNGs, VOC XML; the loader names the missing path) and reads every
+label (minutes for Synscapes / UrbanSyn); --verify-labels N then opens the first N images and checks their size
+and boxes against the records. Exit status 1 if a dataset named with --names is missing or broken.
 """
 import argparse
 import os
 import sys
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+from PIL import Image
 from tabulate import tabulate
 
 from vlt.data.datasets import SEM_SEG_DATASETS, datasets_root
+from vlt.data.datasets.det_common import DET_DATASETS
 from vlt.data.semantic_mapper import read_sem_seg
+
+TASKS = ("seg", "det")
+HEADERS = {
+    "seg": ("Semantic segmentation", ["dataset", "root present", "images", "labels", "status"]),
+    "det": ("Detection", ["dataset", "root present", "images", "boxes", "status"]),
+}
+
+
+def task_of(name: str) -> str:
+    """"det" for a dataset with COCO (box) evaluation, else "seg"."""
+    return "det" if MetadataCatalog.get(name).get("evaluator_type", None) == "coco" else "seg"
+
+
+def verify_det_record(record: dict, num_classes: int) -> None:
+    """Open the record's image and check its size and boxes (inside the image, known category); raise otherwise."""
+    name = record["file_name"]
+    with Image.open(name) as image:
+        width, height = image.size
+    if (record.get("height", height), record.get("width", width)) != (height, width):
+        raise ValueError(f"Image '{name}' is {height}x{width}, the record says {record['height']}x{record['width']}")
+    for a in record.get("annotations", []):
+        x0, y0, x1, y1 = BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS)
+        if not (0 <= a["category_id"] < num_classes):
+            raise ValueError(f"Image '{name}': category_id {a['category_id']} outside [0, {num_classes})")
+        if not (-1 <= x0 <= x1 <= width + 1 and -1 <= y0 <= y1 <= height + 1):
+            raise ValueError(f"Image '{name}': box {[x0, y0, x1, y1]} outside the {height}x{width} image")
 
 
 def check(name: str, verify_labels: int = 0) -> dict:
-    """One row of the report for dataset ``name``."""
+    """One row of the report for dataset ``name`` (its "labels" are label files, or boxes for detection)."""
+    task = task_of(name)
     folder = MetadataCatalog.get(name).get("dataset_folder", None)
     root = "?" if folder is None else ("yes" if os.path.isdir(os.path.join(datasets_root(), folder)) else "no")
-    row = {"dataset": name, "root": root, "images": "-", "labels": "-", "status": "OK"}
+    row = {"dataset": name, "root": root, "images": "-", "labels": "-", "status": "OK", "task": task}
+    if name not in DatasetCatalog.list():
+        row["status"] = f"KeyError: '{name}' is not a registered dataset"
+        return row
     try:
         dicts = DatasetCatalog.get(name)
         row["images"] = len(dicts)
-        labelled = [d for d in dicts if "sem_seg_file_name" in d]
-        row["labels"] = len(labelled)
         metadata = MetadataCatalog.get(name)
-        for d in labelled[:verify_labels]:
-            read_sem_seg(d["sem_seg_file_name"], len(metadata.stuff_classes), metadata.ignore_label)
+        if task == "det":
+            row["labels"] = sum(len(d.get("annotations", [])) for d in dicts)
+            for d in dicts[:verify_labels]:
+                verify_det_record(d, len(metadata.thing_classes))
+        else:
+            labelled = [d for d in dicts if "sem_seg_file_name" in d]
+            row["labels"] = len(labelled)
+            for d in labelled[:verify_labels]:
+                read_sem_seg(d["sem_seg_file_name"], len(metadata.stuff_classes), metadata.ignore_label)
     except (FileNotFoundError, ValueError, OSError) as e:
         row["status"] = f"{type(e).__name__}: {e}"
     return row
@@ -38,14 +80,23 @@ def check(name: str, verify_labels: int = 0) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--names", nargs="*", help="datasets to check (default: all VLT sem_seg datasets)")
-    parser.add_argument("--verify-labels", type=int, default=0, metavar="N", help="decode and check N labels each")
+    parser.add_argument("--names", nargs="*", help="datasets to check, of any task (default: all of --task)")
+    parser.add_argument("--task", choices=TASKS + ("all",), default="all",
+                        help="which registered datasets to check when --names is not given (default: all)")
+    parser.add_argument("--verify-labels", type=int, default=0, metavar="N",
+                        help="check N labels each (segmentation: decode label maps; detection: images and boxes)")
     args = parser.parse_args(argv)
-    names = args.names or SEM_SEG_DATASETS
+    defaults = {"seg": SEM_SEG_DATASETS, "det": DET_DATASETS}
+    names = args.names or [n for task in TASKS if args.task in (task, "all") for n in defaults[task]]
     print(f"DETECTRON2_DATASETS root: {os.path.abspath(datasets_root())}")
     rows = [check(name, args.verify_labels) for name in names]
-    table = [[*list(r.values())[:4], "OK" if r["status"] == "OK" else "ERROR"] for r in rows]
-    print(tabulate(table, headers=["dataset", "root present", "images", "labels", "status"], tablefmt="github"))
+    for task in TASKS:
+        task_rows = [r for r in rows if r["task"] == task]
+        if task_rows:
+            title, header = HEADERS[task]
+            table = [[r["dataset"], r["root"], r["images"], r["labels"], "OK" if r["status"] == "OK" else "ERROR"]
+                     for r in task_rows]
+            print(f"\n{title}:\n" + tabulate(table, headers=header, tablefmt="github"))
     for r in rows:
         if r["status"] != "OK":
             print(f"\n{r['dataset']}: {r['status']}")
