@@ -6,9 +6,9 @@ Layout (the official SYNTHIA-RAND-CITYSCAPES archive)::
     synthia/RAND_CITYSCAPES/GT/LABELS/<7 digits>.png                  official ids (16-bit, 3 channels)
     synthia/RAND_CITYSCAPES/GT/LABELS/<7 digits>_labelTrainIds.png    written by ``datasets/prepare_synthia.py``
 
-Labels are converted to the 19 Cityscapes train ids (terrain, truck and train never occur). The 16-class protocol
-reports the mean IoU over ``vlt.data.cityscapes_classes.SYNTHIA_16_TRAIN_IDS`` (metadata ``miou_16_train_ids``);
-the 13-class protocol of UDA papers is not registered.
+Labels are converted to the 19 Cityscapes train ids (terrain, truck and train never occur). Models trained on it
+can also report the 16- and 13-class means of the target domains (``TEST.MIOU_CLASS_SUBSETS "['synthia16',
+'synthia13']"``; the 16 classes are ``vlt.data.cityscapes_classes.SYNTHIA_16_TRAIN_IDS``).
 """
 import os
 
