@@ -1,0 +1,171 @@
+#!/usr/bin/env python
+"""VLTSeg demo (what `make demo` runs): train a small VLTSeg on the generated domain-shift benchmark on CPU,
+evaluate it on the source val set and every shifted target in one table, and draw prediction overlays.
+
+    python tools/run_demo.py --output output/demo                    # VLTSeg: the whole tower fine-tuned
+    python tools/run_demo.py --variant rein --output output/demo_rein  # Rein: frozen tower + Rein tokens
+    python tools/run_demo.py --output /tmp/d SOLVER.MAX_ITER 50       # config overrides at the end
+
+Generates the data first if it is missing (tools/generate_demo_data.py). Writes to --output: the table
+(multi_target.{json,csv}, multi_target_summary.csv), per-dataset evaluator output (inference/<dataset>/),
+overlays/<dataset>/*.png (image | ground truth | prediction), the checkpoint (model_final.pth) and
+demo_summary.json (mIoU per dataset, the mIoU of a constant guess for comparison, seconds per iteration).
+"""
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import HookBase
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.visualizer import ColorMode, Visualizer
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = {
+    "vltseg": os.path.join(REPO, "configs", "vltseg_demo.yaml"),
+    "rein": os.path.join(REPO, "configs", "rein_demo.yaml"),
+}
+logger = logging.getLogger("vlt.demo")
+
+
+class TrainingClock(HookBase):
+    """Wall time per training iteration, from the end of the first (lazy set-up) to the last; evaluation is not
+    counted."""
+
+    def __init__(self):
+        self.first_end = self.last_end = None
+        self.iterations = 0
+
+    def after_step(self):
+        now = time.perf_counter()
+        if self.first_end is None:
+            self.first_end = now
+        else:
+            self.last_end, self.iterations = now, self.iterations + 1
+
+    def seconds_per_iteration(self) -> float:
+        return (self.last_end - self.first_end) / self.iterations if self.iterations else float("nan")
+
+
+def ensure_demo_data(root: str) -> None:
+    """Generate the demo benchmark under ``root`` unless it is there (its vlt_demo.json marks a finished run)."""
+    if os.path.isfile(os.path.join(root, "vlt_demo.json")):
+        return
+    logger.info(f"Generating the demo benchmark in {root}")
+    subprocess.run([sys.executable, os.path.join(REPO, "tools", "generate_demo_data.py"), "--root", root], check=True)
+
+
+def constant_guess_miou(dataset_name: str) -> float:
+    """mIoU (%) of predicting the dataset's most frequent class everywhere: the floor a model must beat.
+
+    IoU of that class = its pixel share; every other class present scores 0; mean over the classes present.
+    """
+    counts = np.zeros(256, np.int64)
+    for record in DatasetCatalog.get(dataset_name):
+        counts += np.bincount(np.asarray(Image.open(record["sem_seg_file_name"])).ravel(), minlength=256)
+    counts = counts[:255]  # 255 = ignore
+    present = np.count_nonzero(counts)
+    return 100.0 * counts.max() / counts.sum() / present
+
+
+def draw_overlays(cfg, model, dataset_name: str, out_dir: str, count: int) -> None:
+    """``count`` PNGs per dataset: the image, its ground truth and the prediction side by side (3x upscaled)."""
+    from vlt.data import build_sem_seg_test_loader
+
+    metadata = MetadataCatalog.get(dataset_name)
+    os.makedirs(out_dir, exist_ok=True)
+    model.eval()
+    loader = build_sem_seg_test_loader(cfg, dataset_name)  # the evaluation's own resize
+    for index, inputs in enumerate(loader):
+        if index >= count:
+            break
+        with torch.no_grad():
+            prediction = model(inputs)[0]["sem_seg"].argmax(dim=0).to(torch.uint8).numpy()
+        record = inputs[0]
+        image = read_image(record["file_name"], format="RGB")
+        truth = np.asarray(Image.open(record["sem_seg_file_name"]))
+        panels = [np.kron(image, np.ones((3, 3, 1), np.uint8))]
+        for labels in (truth, prediction):
+            drawn = Visualizer(image, metadata, scale=3.0, instance_mode=ColorMode.IMAGE)
+            panels.append(drawn.draw_sem_seg(labels, alpha=0.6).get_image())
+        gap = np.full((panels[0].shape[0], 8, 3), 255, np.uint8)
+        row = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+        stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
+        Image.fromarray(row).save(os.path.join(out_dir, f"{stem}.png"))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="vltseg",
+                        help="vltseg: full fine-tuning (configs/vltseg_demo.yaml); rein: configs/rein_demo.yaml")
+    parser.add_argument("--config-file", default="", help="a config instead of the variant's")
+    parser.add_argument("--output", default="output/demo")
+    parser.add_argument("--data-root", default="", help="demo benchmark folder (default $DETECTRON2_DATASETS/vlt_demo)")
+    parser.add_argument("--overlays", type=int, default=6, help="overlay images per test set")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    args = parser.parse_args(argv)
+    if args.data_root and os.path.basename(os.path.abspath(args.data_root)) != "vlt_demo":
+        parser.error("--data-root must be a folder named vlt_demo (it is found as $DETECTRON2_DATASETS/vlt_demo)")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    setup_logger(name="detectron2")
+    setup_logger(name="vlt")
+    if args.data_root:
+        os.environ["DETECTRON2_DATASETS"] = os.path.dirname(os.path.abspath(args.data_root))
+    import vlt  # noqa: F401  (after DETECTRON2_DATASETS is set; registers the datasets)
+    from vlt.data.datasets import datasets_root
+    from vlt.engine import Trainer
+    from vlt.utils.config import load_config
+
+    start = time.perf_counter()
+    ensure_demo_data(os.path.join(datasets_root(), "vlt_demo"))
+    torch.set_num_threads(args.threads)
+    config_file = args.config_file or VARIANTS[args.variant]
+    cfg = load_config(config_file, ["OUTPUT_DIR", args.output, *args.opts])
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+
+    trainer = Trainer(cfg)
+    clock = TrainingClock()
+    trainer.register_hooks([clock])
+    trainer.resume_or_load(resume=False)
+    trainer.train()  # D2's EvalHook evaluates every DATASETS.TEST after the last iteration; Trainer.test writes
+    results = trainer._last_eval_results  # the multi-target table (multi_target.{json,csv}) and logs it
+
+    for name in cfg.DATASETS.TEST:
+        draw_overlays(cfg, trainer.model, name, os.path.join(cfg.OUTPUT_DIR, "overlays", name), args.overlays)
+    summary = {
+        "config": os.path.relpath(config_file, REPO),
+        "iterations": cfg.SOLVER.MAX_ITER,
+        "batch_size": cfg.SOLVER.IMS_PER_BATCH,
+        "seconds_per_iteration": round(clock.seconds_per_iteration(), 3),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "torch_threads": torch.get_num_threads(),
+        "mIoU": {name: round(results[name]["sem_seg"]["mIoU"], 2) for name in cfg.DATASETS.TEST},
+        "constant_guess_mIoU": {name: round(constant_guess_miou(name), 2) for name in cfg.DATASETS.TEST},
+    }
+    with open(os.path.join(cfg.OUTPUT_DIR, "demo_summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print("\n" + "\n".join(
+        f"{name:24s} mIoU {summary['mIoU'][name]:6.2f}   (constant guess {summary['constant_guess_mIoU'][name]:5.2f})"
+        for name in cfg.DATASETS.TEST
+    ))
+    print(f"{summary['seconds_per_iteration']:.2f} s per training iteration (batch {summary['batch_size']}, "
+          f"{summary['torch_threads']} CPU threads), {summary['wall_seconds']:.0f} s in all; overlays in "
+          f"{os.path.join(cfg.OUTPUT_DIR, 'overlays')}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
