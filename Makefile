@@ -1,17 +1,21 @@
 # VLT: the two commands of the README, and their pieces.
 #   make demo   set up, generate the embedded domain-shift benchmark, train + evaluate a small VLTSeg on CPU
 #   make test   set up, lint, run the test suite
+#   (make demo-rein: the demo with a frozen tower + Rein; make demo-det: the VLTDet demo)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= output/demo
 
-.PHONY: setup demo demo-det test lint clean-venv
+.PHONY: setup demo demo-rein demo-det test lint clean-venv
 
 setup:
 	@bash tools/setup_env.sh
 
 demo: setup
 	$(PY) tools/run_demo.py --output $(DEMO_OUT) $(DEMO_ARGS)
+
+demo-rein: setup
+	$(PY) tools/run_demo.py --variant rein --output output/demo_rein $(DEMO_ARGS)
 
 lint: setup
 	$(PY) -m ruff check .

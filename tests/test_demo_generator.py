@@ -9,7 +9,13 @@ from detectron2.data import DatasetCatalog
 
 import vlt  # noqa: F401  (registers vlt_demo_*)
 from vlt.data.cityscapes_classes import TRAIN_ID_TO_LABEL_ID_LUT
-from vlt.data.demo_generator import DEMO_DOMAINS, DEMO_TRAIN_IDS, generate_demo_dataset, render_image
+from vlt.data.demo_generator import (
+    DEMO_DOMAINS,
+    DEMO_TRAIN_IDS,
+    ensure_demo_dataset,
+    generate_demo_dataset,
+    render_image,
+)
 
 SIZE = (64, 128)
 
@@ -102,3 +108,11 @@ def test_target_domains_share_labels_but_shift_pixels(demo_root):
             means = np.stack([pixels[labels == c].mean(0) for c in present])
             nearest = present[np.argmin(((pixels[:, None] - means[None]) ** 2).sum(-1), axis=1)]
             assert (nearest == labels).mean() > 0.45, domain  # source: ~0.93, night (hardest): ~0.63
+
+
+def test_ensure_generates_once_and_keeps_a_finished_benchmark(tmp_path):
+    root = str(tmp_path / "vlt_demo")
+    assert ensure_demo_dataset(root, num_train=2, num_val=1, size=(32, 64))
+    written = sorted(os.listdir(os.path.join(root, "leftImg8bit", "val")))
+    assert written == sorted(DEMO_DOMAINS)
+    assert not ensure_demo_dataset(root, num_train=2, num_val=1, size=(32, 64))  # vlt_demo.json marks it finished

@@ -6,7 +6,7 @@ evaluate it on the source val set and every shifted target in one table, and dra
     python tools/run_demo.py --variant rein --output output/demo_rein  # Rein: frozen tower + Rein tokens
     python tools/run_demo.py --output /tmp/d SOLVER.MAX_ITER 50       # config overrides at the end
 
-Generates the data first if it is missing (tools/generate_demo_data.py). Writes to --output: the table
+Generates the data first if it is missing (as tools/generate_demo_data.py does). Writes to --output: the table
 (multi_target.{json,csv}, multi_target_summary.csv), per-dataset evaluator output (inference/<dataset>/),
 overlays/<dataset>/*.png (image | ground truth | prediction), the checkpoint (model_final.pth) and
 demo_summary.json (mIoU per dataset, the mIoU of a constant guess for comparison, seconds per iteration).
@@ -15,15 +15,12 @@ import argparse
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.engine import HookBase
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
@@ -34,33 +31,6 @@ VARIANTS = {
     "rein": os.path.join(REPO, "configs", "rein_demo.yaml"),
 }
 logger = logging.getLogger("vlt.demo")
-
-
-class TrainingClock(HookBase):
-    """Wall time per training iteration, from the end of the first (lazy set-up) to the last; evaluation is not
-    counted."""
-
-    def __init__(self):
-        self.first_end = self.last_end = None
-        self.iterations = 0
-
-    def after_step(self):
-        now = time.perf_counter()
-        if self.first_end is None:
-            self.first_end = now
-        else:
-            self.last_end, self.iterations = now, self.iterations + 1
-
-    def seconds_per_iteration(self) -> float:
-        return (self.last_end - self.first_end) / self.iterations if self.iterations else float("nan")
-
-
-def ensure_demo_data(root: str) -> None:
-    """Generate the demo benchmark under ``root`` unless it is there (its vlt_demo.json marks a finished run)."""
-    if os.path.isfile(os.path.join(root, "vlt_demo.json")):
-        return
-    logger.info(f"Generating the demo benchmark in {root}")
-    subprocess.run([sys.executable, os.path.join(REPO, "tools", "generate_demo_data.py"), "--root", root], check=True)
 
 
 def constant_guess_miou(dataset_name: str) -> float:
@@ -126,11 +96,14 @@ def main(argv=None) -> dict:
         os.environ["DETECTRON2_DATASETS"] = os.path.dirname(os.path.abspath(args.data_root))
     import vlt  # noqa: F401  (after DETECTRON2_DATASETS is set; registers the datasets)
     from vlt.data.datasets import datasets_root
-    from vlt.engine import Trainer
+    from vlt.data.demo_generator import ensure_demo_dataset
+    from vlt.engine import Trainer, TrainingClock
     from vlt.utils.config import load_config
 
     start = time.perf_counter()
-    ensure_demo_data(os.path.join(datasets_root(), "vlt_demo"))
+    demo_root = os.path.join(datasets_root(), "vlt_demo")
+    if ensure_demo_dataset(demo_root):  # seconds; skipped when a finished one is there
+        logger.info(f"Generated the demo benchmark in {demo_root}")
     torch.set_num_threads(args.threads)
     config_file = args.config_file or VARIANTS[args.variant]
     cfg = load_config(config_file, ["OUTPUT_DIR", args.output, *args.opts])

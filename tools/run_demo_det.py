@@ -5,7 +5,7 @@ and every shifted target in one table, and draw box overlays.
     python tools/run_demo_det.py --output output/demo_det            # what `make demo-det` runs
     python tools/run_demo_det.py --output /tmp/d SOLVER.MAX_ITER 50    # config overrides at the end
 
-Generates the data first if it is missing (tools/generate_demo_data.py). Writes to --output: the detection table
+Generates the data first if it is missing (as tools/generate_demo_data.py does). Writes to --output: the detection table
 (det_multi_target.{json,csv}), COCO-format detections per dataset (inference/<dataset>/coco_instances_results.json),
 overlays/<dataset>/*.png (left: ground truth, right: predictions with score >= --overlay-score), and
 demo_det_summary.json (AP per dataset, seconds per training iteration).
@@ -14,49 +14,17 @@ import argparse
 import json
 import logging
 import os
-import subprocess
-import sys
-import time
 
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.engine import HookBase
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 logger = logging.getLogger("vlt.demo_det")
-
-
-class TrainingClock(HookBase):
-    """Wall time per training iteration, from the end of the first (warm-up, lazy set-up) to the last; evaluation
-    is not counted."""
-
-    def __init__(self):
-        self.first_end = self.last_end = None
-        self.iterations = 0
-
-    def after_step(self):
-        now = time.perf_counter()
-        if self.first_end is None:
-            self.first_end = now
-        else:
-            self.last_end, self.iterations = now, self.iterations + 1
-
-    def seconds_per_iteration(self) -> float:
-        return (self.last_end - self.first_end) / self.iterations if self.iterations else float("nan")
-
-
-def ensure_demo_data(root: str) -> None:
-    """Generate the demo benchmark under ``root`` unless it is there (its vlt_demo.json marks a finished run)."""
-    if os.path.isfile(os.path.join(root, "vlt_demo.json")):
-        return
-    script = os.path.join(REPO, "tools", "generate_demo_data.py")
-    logger.info(f"Generating the demo benchmark in {root}")
-    subprocess.run([sys.executable, script, "--root", root], check=True)
 
 
 def draw_overlays(cfg, model, dataset_name: str, out_dir: str, count: int, min_score: float) -> None:
@@ -101,11 +69,14 @@ def main():
         os.environ["DETECTRON2_DATASETS"] = os.path.dirname(root)
     import vlt  # noqa: F401  (after DETECTRON2_DATASETS is set; registers the datasets)
     from vlt.data.datasets import datasets_root
-    from vlt.engine import Trainer
+    from vlt.data.demo_generator import ensure_demo_dataset
+    from vlt.engine import Trainer, TrainingClock
     from vlt.modeling.det import write_det_multi_target_table
     from vlt.utils.config import load_config
 
-    ensure_demo_data(os.path.join(datasets_root(), "vlt_demo"))
+    demo_root = os.path.join(datasets_root(), "vlt_demo")
+    if ensure_demo_dataset(demo_root):  # seconds; skipped when a finished one is there
+        logger.info(f"Generated the demo benchmark in {demo_root}")
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     cfg = load_config(args.config_file, ["OUTPUT_DIR", args.output, *args.opts])
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)

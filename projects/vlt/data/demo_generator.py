@@ -27,6 +27,7 @@ from .cityscapes_classes import CLASSES, LABELS, TRAIN_ID_TO_LABEL_ID_LUT
 
 __all__ = [
     "DEMO_TRAIN_IDS",
+    "ensure_demo_dataset",
     "DEMO_DOMAINS",
     "DEMO_TARGET_DOMAINS",
     "DemoScene",
@@ -345,3 +346,12 @@ def generate_demo_dataset(
     with open(os.path.join(root, "vlt_demo.json"), "w") as f:
         json.dump(info, f, indent=1)
     return counts
+
+
+def ensure_demo_dataset(root: str, **generate_kwargs) -> bool:
+    """Generate the demo benchmark under ``root`` (``generate_demo_dataset``'s defaults unless given) unless a
+    finished one is there (its ``vlt_demo.json`` is written last); returns whether it generated it."""
+    if os.path.isfile(os.path.join(root, "vlt_demo.json")):
+        return False
+    generate_demo_dataset(root, **generate_kwargs)
+    return True

@@ -1,5 +1,6 @@
-"""Training engine: VLT's Trainer and the resumable training sampler."""
+"""Training engine: VLT's Trainer, the resumable training sampler and shared hooks."""
+from .hooks import TrainingClock
 from .sampler import ResumableTrainingSampler
 from .trainer import Trainer, build_train_mapper
 
-__all__ = ["ResumableTrainingSampler", "Trainer", "build_train_mapper"]
+__all__ = ["ResumableTrainingSampler", "Trainer", "TrainingClock", "build_train_mapper"]
