@@ -20,12 +20,15 @@ import cv2
 import numpy as np
 import torch
 import tqdm
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from vlt.data.semantic_mapper import evaluation_resize_shape, resolve_test_resolution
+from vlt.data.transforms import CV2ResizeTransform
 from vlt.utils.config import load_config
 
 logger = logging.getLogger("vlt.demo")
@@ -48,16 +51,33 @@ def list_inputs(patterns: List[str]) -> List[str]:
 
 
 class SemanticSegmentationDemo:
-    """A D2 predictor plus a visualizer using the classes and colours of the config's first test set."""
+    """A VLT segmentation model run the way evaluation runs it (the config's test resolution, TEST.MODE whole /
+    slide, TEST.SCALES / TEST.FLIP), with the classes and colours of the config's first test set."""
 
-    def __init__(self, cfg, opacity: float = 0.5):
-        self.predictor = DefaultPredictor(cfg)
+    def __init__(self, cfg, opacity: float = 0.5, test_resolution: str = ""):
+        self.model = build_model(cfg).eval()
+        DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "cityscapes_fine_val"
         self.metadata = MetadataCatalog.get(name)
+        # The protocol of the first test set (e.g. "fit_1024x512" for Cityscapes under the "rein" preset), or one
+        # given on the command line; a "heightN_crop" protocol is applied without its crop (whole image predicted).
+        self.protocol = test_resolution or resolve_test_resolution(cfg.INPUT.TEST_RESOLUTION, name)
+        evaluation_resize_shape(1, 1, self.protocol)  # validates it
+        self.scale_factor = cfg.INPUT.TEST_SCALE_FACTOR
+        self.image_format = cfg.INPUT.FORMAT
         self.opacity = opacity
 
     def labels(self, image_bgr: np.ndarray) -> np.ndarray:
-        scores = self.predictor(image_bgr)["sem_seg"]
+        """Train ids (uint8) at the image's own size."""
+        image = image_bgr[:, :, ::-1] if self.image_format == "RGB" else image_bgr
+        height, width = image.shape[:2]
+        (new_h, new_w), _ = evaluation_resize_shape(height, width, self.protocol)
+        new_h, new_w = int(new_h * self.scale_factor + 0.5), int(new_w * self.scale_factor + 0.5)
+        resized = CV2ResizeTransform(height, width, new_h, new_w).apply_image(np.ascontiguousarray(image))
+        inputs = {"image": torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))),
+                  "height": height, "width": width}
+        with torch.no_grad():
+            scores = self.model([inputs])[0]["sem_seg"]
         return scores.argmax(dim=0).to(torch.uint8).cpu().numpy()
 
     def overlay(self, image_bgr: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -118,6 +138,8 @@ def parse_args(argv=None):
     source.add_argument("--video-input", help="a video file")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--opacity", type=float, default=0.5, help="overlay opacity")
+    parser.add_argument("--test-resolution", default="",
+                        help="resize protocol (native, fit_<W>x<H>, short_<N>); default: the config's first test set's")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
 
@@ -127,7 +149,7 @@ def main(argv=None) -> int:
     setup_logger(name="vlt")
     cfg = load_config(args.config_file, args.opts)
     os.makedirs(args.output, exist_ok=True)
-    demo = SemanticSegmentationDemo(cfg, args.opacity)
+    demo = SemanticSegmentationDemo(cfg, args.opacity, args.test_resolution)
     if args.video_input:
         return run_video(demo, args.video_input, args.output)
     files = list_inputs(args.input)
