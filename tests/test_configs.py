@@ -132,7 +132,7 @@ def _shared_vltseg_recipe(cfg):
     assert cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE == 0.01
     assert cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR" and cfg.SOLVER.POLY_LR_POWER == 0.9
     assert (cfg.SOLVER.WARMUP_METHOD, cfg.SOLVER.WARMUP_FACTOR, cfg.SOLVER.WARMUP_ITERS) == ("constant", 1.0, 500)
-    assert cfg.INPUT.RESIZE_MODE == "ratio_range" and tuple(cfg.INPUT.RESIZE_RATIO_RANGE) == (0.5, 2.0)
+    assert cfg.INPUT.RESIZE_MODE == "ratio_range"
     assert cfg.INPUT.CROP.CAT_MAX_RATIO == 0.75 and cfg.INPUT.PHOTOMETRIC_DISTORTION
     assert cfg.INPUT.RANDOM_FLIP == "horizontal" and cfg.TEST.MODE == "slide"
 
@@ -151,6 +151,7 @@ def test_vltseg_gta_recipe(name, tower, taps):
     assert cfg.DATASETS.TEST == ("cityscapes_fine_val", "bdd100k_sem_seg_val", "mapillary_19_val")
     assert cfg.SOLVER.IMS_PER_BATCH == 16 and cfg.SOLVER.MAX_ITER == 5000
     assert tuple(cfg.INPUT.RESIZE_BASE) == (1280, 720) and tuple(cfg.INPUT.CROP.SIZE) == (512, 512)
+    assert tuple(cfg.INPUT.RESIZE_RATIO_RANGE) == (1.0, 1.0)  # a fixed resize to 1280x720
     assert tuple(cfg.TEST.SLIDE.CROP_SIZE) == (512, 512) and tuple(cfg.TEST.SLIDE.STRIDE) == (426, 426)
     assert cfg.INPUT.TEST_RESOLUTION == "rein" and list(cfg.TEST.SCALES) == [1.0] and not cfg.TEST.FLIP
 
@@ -163,6 +164,7 @@ def test_vltseg_cityscapes_recipe(name):
     assert cfg.DATASETS.TRAIN == ("cityscapes_fine_train",)
     assert cfg.SOLVER.IMS_PER_BATCH == 8 and cfg.SOLVER.MAX_ITER == 20000
     assert tuple(cfg.INPUT.RESIZE_BASE) == (2048, 1024) and tuple(cfg.INPUT.CROP.SIZE) == (1024, 1024)
+    assert tuple(cfg.INPUT.RESIZE_RATIO_RANGE) == (0.5, 2.0)
     assert tuple(cfg.TEST.SLIDE.CROP_SIZE) == (1024, 1024) and tuple(cfg.TEST.SLIDE.STRIDE) == (768, 768)
     assert cfg.INPUT.TEST_RESOLUTION == "native"
     if name == "vltseg_cityscapes.yaml":
