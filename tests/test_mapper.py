@@ -223,6 +223,16 @@ def test_out_of_range_label_fails_in_the_mapper(tiny_dataset):
         SemSegTrainMapper(make_cfg(name))(_record(name))
 
 
+def test_missing_and_corrupt_images_name_the_file(tmp_path):
+    from vlt.data.semantic_mapper import read_image
+
+    with pytest.raises(FileNotFoundError, match=r"absent\.png' does not exist"):
+        read_image(str(tmp_path / "absent.png"))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(ValueError, match=r"broken\.png' cannot be decoded"):
+        read_image(str(tmp_path / "broken.png"))
+
+
 def test_test_resize_protocols():
     assert evaluation_resize_shape(1024, 2048, "fit_1024x512") == ((512, 1024), None)
     assert evaluation_resize_shape(720, 1280, "fit_1024x512") == ((512, 910), None)

@@ -9,6 +9,7 @@ see :func:`evaluation_resize_shape`) times INPUT.TEST_SCALE_FACTOR; "height"/"wi
 scored at, and "sem_seg" (uint8) is the ground truth at that size.
 """
 import logging
+import os
 import re
 from typing import List, Optional, Sequence, Tuple
 
@@ -48,9 +49,12 @@ logger = logging.getLogger(__name__)
 
 def read_image(path: str, image_format: str = "RGB") -> np.ndarray:
     """Decode an image file to uint8 [H, W, 3] in ``image_format`` ("RGB" or "BGR")."""
-    image = cv2.imread(PathManager.get_local_path(path), cv2.IMREAD_COLOR)
+    local = PathManager.get_local_path(path)
+    image = cv2.imread(local, cv2.IMREAD_COLOR)
     if image is None:
-        raise FileNotFoundError(f"Cannot read image '{path}'")
+        if not os.path.isfile(local):
+            raise FileNotFoundError(f"Image '{path}' does not exist")
+        raise ValueError(f"Image '{path}' cannot be decoded (corrupt, truncated or not an image file)")
     if image_format == "RGB":
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if image_format == "BGR":
