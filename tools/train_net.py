@@ -5,12 +5,13 @@
     python tools/train_net.py --config-file configs/vltseg_cityscapes.yaml --eval-only MODEL.WEIGHTS model.pth
     python tools/train_net.py --config-file configs/vltseg_cityscapes.yaml --resume     # after a kill
 """
-from detectron2.checkpoint import DetectionCheckpointer
+import logging
+
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from vlt.engine import Trainer
+from vlt.engine import Trainer, VLTCheckpointer
 from vlt.utils.config import load_config
 
 
@@ -27,7 +28,14 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        if not cfg.MODEL.WEIGHTS and not args.resume:
+            logging.getLogger("vlt").warning("--eval-only without MODEL.WEIGHTS: evaluating untrained head weights")
+        # Every evaluated parameter must come from MODEL.WEIGHTS (the tower may come from OPEN_CLIP.PRETRAINED).
+        tower_pretrained = bool(cfg.MODEL.OPEN_CLIP.PRETRAINED)
+        checkpointer = VLTCheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR, strict_eval=True, tower_loaded_separately=tower_pretrained
+        )
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

@@ -13,6 +13,7 @@ from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
 
 from ..solver import build_lr_scheduler, build_optimizer, trainable_parameter_report
+from .checkpoint import VLTCheckpointer
 from .sampler import resumable_sampler
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,14 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        # MODEL.WEIGHTS that fit none of the model's keys fail instead of training from random values.
+        checkpointer = VLTCheckpointer(
+            self.checkpointer.model, cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
+        )
+        for hook in self._hooks:
+            if getattr(hook, "checkpointer", None) is self.checkpointer:
+                hook.checkpointer = checkpointer
+        self.checkpointer = checkpointer
         if cfg.SOLVER.AMP.ENABLED and not torch.cuda.is_available():
             logger.warning("SOLVER.AMP.ENABLED needs CUDA; training in fp32 on %s instead", cfg.MODEL.DEVICE)
             self._trainer = SimpleTrainer(self._trainer.model, self._trainer.data_loader, self._trainer.optimizer)

@@ -71,6 +71,10 @@ class SemanticSegmentorBase(nn.Module):
             "test_scales": cfg.TEST.SCALES,
         }
 
+    def checkpoint_optional_keys(self) -> List[str]:
+        """State-dict keys a checkpoint may lack without changing predictions (see engine/checkpoint.py)."""
+        return []
+
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device

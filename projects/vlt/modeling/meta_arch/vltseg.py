@@ -68,6 +68,14 @@ class VLTSegmentor(SemanticSegmentorBase):
             ),
         }
 
+    def checkpoint_optional_keys(self) -> List[str]:
+        """The criterion's buffers (rebuilt from the config), and with Rein's linking the head's free query
+        embeddings, which the linked tokens replace (official Rein checkpoints have none)."""
+        keys = [f"criterion.{k}" for k in self.criterion.state_dict()]
+        if self.rein is not None and self.rein.query_feat_proj is not None:
+            keys += [f"sem_seg_head.predictor.{k}.weight" for k in ("query_embed", "query_feat")]
+        return keys
+
     def predict_masks(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Backbone + head on normalized images [B, 3, H, W] (H, W multiples of size_divisibility)."""
         features = self.backbone(images)

@@ -1,0 +1,74 @@
+"""Loading MODEL.WEIGHTS: Detectron2's checkpointer, made to refuse weights that do not fit the model.
+
+Detectron2 logs missing / unexpected keys and goes on, so a checkpoint in another key layout (an official Rein file
+not yet converted, a tower checkpoint given as MODEL.WEIGHTS) silently evaluates a randomly initialised model. Here:
+
+- a checkpoint none of whose keys is a parameter of the model fails, naming the file and the first keys of both;
+- for evaluation (``strict_eval``), every parameter the evaluation needs must come from the file, with the right
+  shape: the pretrained tower may come from MODEL.OPEN_CLIP.PRETRAINED instead (``tower_loaded_separately``), and a
+  model may declare keys it does not need (``checkpoint_optional_keys()``, e.g. Mask2Former's free query embeddings
+  when Rein's linked tokens replace them).
+"""
+import logging
+from typing import List, Optional
+
+from detectron2.checkpoint import DetectionCheckpointer
+from torch import nn
+
+__all__ = ["VLTCheckpointer", "tower_key_prefixes"]
+
+logger = logging.getLogger(__name__)
+
+
+def tower_key_prefixes(model: nn.Module) -> List[str]:
+    """State-dict prefixes of the pretrained towers (modules marked ``is_pretrained_tower``) inside ``model``."""
+    return [f"{name}." for name, module in model.named_modules() if getattr(module, "is_pretrained_tower", False)]
+
+
+class VLTCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` with the checks above; saving and resuming are unchanged."""
+
+    def __init__(self, model: nn.Module, save_dir: str = "", *, strict_eval: bool = False,
+                 tower_loaded_separately: bool = False, **checkpointables):
+        super().__init__(model, save_dir, **checkpointables)
+        self.strict_eval = strict_eval
+        self.tower_loaded_separately = tower_loaded_separately
+        self._path: Optional[str] = None
+
+    def load(self, path: str, checkpointables=None):
+        self._path = path
+        return super().load(path, checkpointables)
+
+    def _load_model(self, checkpoint):
+        num_checkpoint_keys = len(checkpoint.get("model", {}))
+        first_checkpoint_keys = list(checkpoint.get("model", {}))[:5]
+        incompatible = super()._load_model(checkpoint)
+        model_keys = list(self.model.state_dict())
+        missing = set(incompatible.missing_keys)
+        if num_checkpoint_keys and len(missing) == len(model_keys):
+            raise ValueError(
+                f"Checkpoint '{self._path}' does not fit this model: none of its {num_checkpoint_keys} keys is a "
+                f"parameter of it (checkpoint keys: {first_checkpoint_keys}; model keys: {model_keys[:5]}). An "
+                "official Rein checkpoint needs tools/convert_rein_checkpoint.py first; open_clip tower weights go "
+                "in MODEL.OPEN_CLIP.PRETRAINED, not MODEL.WEIGHTS."
+            )
+        if self.strict_eval:
+            self._check_complete_for_evaluation(missing, incompatible.incorrect_shapes)
+        return incompatible
+
+    def _check_complete_for_evaluation(self, missing: set, incorrect_shapes) -> None:
+        optional = set(getattr(self.model, "checkpoint_optional_keys", lambda: [])())
+        towers = tuple(tower_key_prefixes(self.model)) if self.tower_loaded_separately else ()
+        needed = sorted(k for k in missing if k not in optional and not (towers and k.startswith(towers)))
+        if incorrect_shapes:
+            shapes = [f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in incorrect_shapes[:5]]
+            raise ValueError(
+                f"Checkpoint '{self._path}' has {len(incorrect_shapes)} parameters of the wrong shape for this config "
+                f"(e.g. {shapes}): was it trained with another MODEL.* setting (classes, queries, tower)?"
+            )
+        if needed:
+            raise ValueError(
+                f"Checkpoint '{self._path}' lacks {len(needed)} parameters this model needs for evaluation "
+                f"(e.g. {needed[:5]}); evaluating would use their random initial values. Was it saved from another "
+                "config, or does it hold only part of the model?"
+            )

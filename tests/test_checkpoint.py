@@ -1,0 +1,82 @@
+"""VLTCheckpointer: MODEL.WEIGHTS that do not fit the model fail, naming the file, instead of leaving random weights."""
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from vlt.data.demo_generator import generate_demo_dataset
+from vlt.engine import Trainer, VLTCheckpointer
+from vlt.engine.checkpoint import tower_key_prefixes
+from vlt.utils.config import load_config
+
+TINY = [
+    "MODEL.DEVICE", "cpu", "MODEL.OPEN_CLIP.MODEL_NAME", "VLT-ViT-Tiny-16", "MODEL.OPEN_CLIP.PRETRAINED", "",
+    "MODEL.OPEN_CLIP.OUT_INDICES", "[0, 1, 2, 3]", "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
+    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "8",
+    "MODEL.MASK_FORMER.DEC_LAYERS", "2", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
+]
+
+
+def tiny_model(config="configs/Base-VLTSeg-Mask2Former.yaml", extra=()):
+    torch.manual_seed(0)
+    return build_model(load_config(config, [*TINY, *extra])).eval()
+
+
+def save(state, path):
+    torch.save({"model": state}, path)
+    return str(path)
+
+
+def test_a_checkpoint_in_another_key_layout_fails_naming_the_file(tmp_path):
+    model = tiny_model()
+    foreign = {f"decode_head.{k}": v for k, v in model.state_dict().items()}  # e.g. an unconverted mmseg file
+    path = save(foreign, tmp_path / "official_rein.pth")
+    with pytest.raises(ValueError, match=r"official_rein\.pth' does not fit this model.*convert_rein_checkpoint"):
+        VLTCheckpointer(model).load(path)
+
+
+def test_evaluation_needs_every_head_parameter_but_the_tower_may_come_from_pretrained(tmp_path):
+    model = tiny_model()
+    state = model.state_dict()
+    towers = tuple(tower_key_prefixes(model))
+    assert towers and any(k.startswith(towers) for k in state)
+    head_only = save({k: v for k, v in state.items() if not k.startswith(towers)}, tmp_path / "head_only.pth")
+    VLTCheckpointer(model, strict_eval=True, tower_loaded_separately=True).load(head_only)
+    with pytest.raises(ValueError, match=r"head_only\.pth' lacks .* parameters .*backbone"):
+        VLTCheckpointer(model, strict_eval=True, tower_loaded_separately=False).load(head_only)
+
+    missing_head = {k: v for k, v in state.items() if "class_embed" not in k}
+    path = save(missing_head, tmp_path / "no_classifier.pth")
+    with pytest.raises(ValueError, match=r"no_classifier\.pth' lacks .*class_embed"):
+        VLTCheckpointer(model, strict_eval=True, tower_loaded_separately=True).load(path)
+    VLTCheckpointer(model).load(path)  # fine-tuning from it is allowed (logged by Detectron2)
+
+
+def test_wrong_shapes_fail_for_evaluation(tmp_path):
+    model = tiny_model()
+    other = tiny_model(extra=["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "7"])
+    path = save(other.state_dict(), tmp_path / "seven_classes.pth")
+    with pytest.raises(ValueError, match=r"seven_classes\.pth' has .* wrong shape .*class_embed"):
+        VLTCheckpointer(model, strict_eval=True).load(path)
+
+
+def test_rein_checkpoints_without_free_queries_load_for_evaluation(tmp_path):
+    model = tiny_model("configs/rein_gta.yaml", ["MODEL.REIN.NUM_TOKENS", "8"])
+    optional = set(model.checkpoint_optional_keys())
+    assert "sem_seg_head.predictor.query_embed.weight" in optional
+    towers = tuple(tower_key_prefixes(model))
+    released = {k: v for k, v in model.state_dict().items() if k not in optional and not k.startswith(towers)}
+    VLTCheckpointer(model, strict_eval=True, tower_loaded_separately=True).load(save(released, tmp_path / "r.pth"))
+
+
+def test_the_trainer_loads_and_saves_through_it(tmp_path, monkeypatch):
+    generate_demo_dataset(str(tmp_path / "data" / "vlt_demo"), num_train=2, num_val=1, size=(32, 64))
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
+    cfg = load_config("configs/Base-VLTSeg-Mask2Former.yaml", [
+        *TINY, "OUTPUT_DIR", str(tmp_path), "DATASETS.TRAIN", '("vlt_demo_source_train",)', "DATASETS.TEST", "()",
+        "SOLVER.MAX_ITER", "1", "DATALOADER.NUM_WORKERS", "0",
+    ])
+    trainer = Trainer(cfg)
+    assert isinstance(trainer.checkpointer, VLTCheckpointer)
+    periodic = [h for h in trainer._hooks if hasattr(h, "checkpointer")]
+    assert periodic and all(h.checkpointer is trainer.checkpointer for h in periodic)
