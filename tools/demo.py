@@ -20,7 +20,6 @@ import cv2
 import numpy as np
 import torch
 import tqdm
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
@@ -29,6 +28,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from vlt.data.semantic_mapper import evaluation_resize_shape, resolve_test_resolution
 from vlt.data.transforms import CV2ResizeTransform
+from vlt.engine import VLTCheckpointer
 from vlt.utils.config import load_config
 
 logger = logging.getLogger("vlt.demo")
@@ -56,7 +56,10 @@ class SemanticSegmentationDemo:
 
     def __init__(self, cfg, opacity: float = 0.5, test_resolution: str = ""):
         self.model = build_model(cfg).eval()
-        DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        # Weights that do not fit the model fail here, naming the file (vlt.engine.checkpoint).
+        tower_pretrained = bool(cfg.MODEL.OPEN_CLIP.PRETRAINED)
+        checkpointer = VLTCheckpointer(self.model, strict_eval=True, tower_loaded_separately=tower_pretrained)
+        checkpointer.load(cfg.MODEL.WEIGHTS)
         name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "cityscapes_fine_val"
         self.metadata = MetadataCatalog.get(name)
         # The protocol of the first test set (e.g. "fit_1024x512" for Cityscapes under the "rein" preset), or one
