@@ -140,3 +140,20 @@ def register_dataset():
     for name in names:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+@pytest.fixture
+def load_script():
+    """Factory: import a script of the repository (``tools/*.py``, ``datasets/prepare_*.py``) by its relative path."""
+    import importlib.util
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def load(relative_path: str):
+        name = os.path.splitext(os.path.basename(relative_path))[0]
+        spec = importlib.util.spec_from_file_location(f"vlt_script_{name}", os.path.join(repo, relative_path))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,5 +1,4 @@
 """tools/demo.py: a user's images (one unreadable) and a video -> overlays and label PNGs from the given weights."""
-import importlib.util
 import os
 
 import cv2
@@ -16,12 +15,6 @@ CONFIG = os.path.join(REPO, "configs", "vltseg_demo.yaml")
 TINY = ["MODEL.OPEN_CLIP.MODEL_NAME", "VLT-ViT-Tiny-16", "MODEL.OPEN_CLIP.OUT_INDICES", "[0, 1, 2, 3]"]
 
 
-def load_demo_tool():
-    spec = importlib.util.spec_from_file_location("vlt_demo_tool", os.path.join(REPO, "tools", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
@@ -33,7 +26,7 @@ def weights(tmp_path_factory):
     return str(folder / "model.pth"), model
 
 
-def test_images_are_labelled_with_the_given_weights_and_a_bad_file_is_skipped(weights, tmp_path):
+def test_images_are_labelled_with_the_given_weights_and_a_bad_file_is_skipped(weights, tmp_path, load_script):
     path, model = weights
     inputs = tmp_path / "photos"
     inputs.mkdir()
@@ -43,7 +36,7 @@ def test_images_are_labelled_with_the_given_weights_and_a_bad_file_is_skipped(we
         cv2.imwrite(str(inputs / f"{name}.png"), image)
     (inputs / "broken.png").write_bytes(b"not an image")
     output = tmp_path / "out"
-    code = load_demo_tool().main([
+    code = load_script("tools/demo.py").main([
         "--config-file", CONFIG, "--input", str(inputs), "--output", str(output), "--test-resolution", "native",
         "--opts", *TINY, "MODEL.WEIGHTS", path,
     ])
@@ -59,14 +52,14 @@ def test_images_are_labelled_with_the_given_weights_and_a_bad_file_is_skipped(we
         np.testing.assert_array_equal(labels, expected)  # the checkpoint's weights, not a fresh random init
 
 
-def test_video_gets_an_overlay_video_frame_by_frame(weights, tmp_path):
+def test_video_gets_an_overlay_video_frame_by_frame(weights, tmp_path, load_script):
     video = str(tmp_path / "drive.mp4")
     writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (80, 48))
     for i in range(3):
         writer.write(np.full((48, 80, 3), 40 * i, np.uint8))
     writer.release()
     output = tmp_path / "out"
-    code = load_demo_tool().main([
+    code = load_script("tools/demo.py").main([
         "--config-file", CONFIG, "--video-input", video, "--output", str(output), "--opts", *TINY,
         "MODEL.WEIGHTS", weights[0],
     ])
@@ -78,9 +71,9 @@ def test_video_gets_an_overlay_video_frame_by_frame(weights, tmp_path):
     assert frames == 3
 
 
-def test_nothing_readable_fails(weights, tmp_path):
+def test_nothing_readable_fails(weights, tmp_path, load_script):
     (tmp_path / "broken.jpg").write_bytes(b"\x00\x01")
-    code = load_demo_tool().main([
+    code = load_script("tools/demo.py").main([
         "--config-file", CONFIG, "--input", str(tmp_path / "broken.jpg"), "--output", str(tmp_path / "out"),
         "--opts", *TINY, "MODEL.WEIGHTS", weights[0],
     ])

@@ -1,20 +1,9 @@
 """The embedded demo (tools/run_demo.py, `make demo`), shortened: the model must learn, overlays and tables appear."""
-import importlib.util
 import json
-import os
 
 import pytest
 
 from vlt.data.demo_generator import generate_demo_dataset
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_run_demo():
-    spec = importlib.util.spec_from_file_location("run_demo", os.path.join(REPO, "tools", "run_demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +13,10 @@ def demo_root(tmp_path_factory):
     return root
 
 
-def test_short_demo_learns_far_above_a_constant_guess(demo_root, tmp_path, monkeypatch):
+def test_short_demo_learns_far_above_a_constant_guess(demo_root, tmp_path, monkeypatch, load_script):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(demo_root.parent))
     output = tmp_path / "demo"
-    summary = load_run_demo().main([
+    summary = load_script("tools/run_demo.py").main([
         "--output", str(output), "--data-root", str(demo_root), "--overlays", "1",
         "SOLVER.MAX_ITER", "150", "DATASETS.TEST", '("vlt_demo_source_val", "vlt_demo_fog_val")',
     ])
