@@ -22,6 +22,18 @@ def tiny_model(config="configs/Base-VLTSeg-Mask2Former.yaml", extra=()):
     return build_model(load_config(config, [*TINY, *extra])).eval()
 
 
+@pytest.fixture(scope="module")
+def tower_file(tmp_path_factory):
+    """A local open_clip checkpoint (full CLIP state dict) for MODEL.OPEN_CLIP.PRETRAINED."""
+    import open_clip
+
+    import vlt  # noqa: F401  (registers VLT's tiny open_clip configs)
+
+    path = tmp_path_factory.mktemp("tower") / "tiny_clip.pt"
+    torch.save(open_clip.create_model("VLT-ViT-Tiny-16").state_dict(), path)
+    return str(path)
+
+
 def save(state, path):
     torch.save({"model": state}, path)
     return str(path)
@@ -35,21 +47,24 @@ def test_a_checkpoint_in_another_key_layout_fails_naming_the_file(tmp_path):
         VLTCheckpointer(model).load(path)
 
 
-def test_evaluation_needs_every_head_parameter_but_the_tower_may_come_from_pretrained(tmp_path):
-    model = tiny_model()
-    state = model.state_dict()
-    towers = tuple(tower_key_prefixes(model))
+def test_evaluation_needs_every_head_parameter_but_the_tower_may_come_from_pretrained(tmp_path, tower_file):
+    with_pretrained = tiny_model(extra=["MODEL.OPEN_CLIP.PRETRAINED", tower_file])
+    random_tower = tiny_model()
+    assert tower_key_prefixes(with_pretrained, loaded_only=True) == tower_key_prefixes(random_tower)
+    assert tower_key_prefixes(random_tower, loaded_only=True) == []
+    state = with_pretrained.state_dict()
+    towers = tuple(tower_key_prefixes(with_pretrained))
     assert towers and any(k.startswith(towers) for k in state)
     head_only = save({k: v for k, v in state.items() if not k.startswith(towers)}, tmp_path / "head_only.pth")
-    VLTCheckpointer(model, strict_eval=True, tower_loaded_separately=True).load(head_only)
+    VLTCheckpointer(with_pretrained, strict_eval=True).load(head_only)
     with pytest.raises(ValueError, match=r"head_only\.pth' lacks .* parameters .*backbone"):
-        VLTCheckpointer(model, strict_eval=True, tower_loaded_separately=False).load(head_only)
+        VLTCheckpointer(random_tower, strict_eval=True).load(head_only)  # its tower would stay random
 
     missing_head = {k: v for k, v in state.items() if "class_embed" not in k}
     path = save(missing_head, tmp_path / "no_classifier.pth")
     with pytest.raises(ValueError, match=r"no_classifier\.pth' lacks .*class_embed"):
-        VLTCheckpointer(model, strict_eval=True, tower_loaded_separately=True).load(path)
-    VLTCheckpointer(model).load(path)  # fine-tuning from it is allowed (logged by Detectron2)
+        VLTCheckpointer(with_pretrained, strict_eval=True).load(path)
+    VLTCheckpointer(with_pretrained).load(path)  # fine-tuning from it is allowed (logged by Detectron2)
 
 
 def test_wrong_shapes_fail_for_evaluation(tmp_path):
@@ -60,13 +75,14 @@ def test_wrong_shapes_fail_for_evaluation(tmp_path):
         VLTCheckpointer(model, strict_eval=True).load(path)
 
 
-def test_rein_checkpoints_without_free_queries_load_for_evaluation(tmp_path):
-    model = tiny_model("configs/rein_gta.yaml", ["MODEL.REIN.NUM_TOKENS", "8"])
+def test_rein_checkpoints_without_free_queries_load_for_evaluation(tmp_path, tower_file):
+    extra = ["MODEL.REIN.NUM_TOKENS", "8", "MODEL.OPEN_CLIP.PRETRAINED", tower_file]
+    model = tiny_model("configs/rein_gta.yaml", extra)
     optional = set(model.checkpoint_optional_keys())
     assert "sem_seg_head.predictor.query_embed.weight" in optional
     towers = tuple(tower_key_prefixes(model))
     released = {k: v for k, v in model.state_dict().items() if k not in optional and not k.startswith(towers)}
-    VLTCheckpointer(model, strict_eval=True, tower_loaded_separately=True).load(save(released, tmp_path / "r.pth"))
+    VLTCheckpointer(model, strict_eval=True).load(save(released, tmp_path / "r.pth"))
 
 
 def test_the_trainer_loads_and_saves_through_it(tmp_path, monkeypatch):

@@ -57,9 +57,7 @@ class SemanticSegmentationDemo:
     def __init__(self, cfg, opacity: float = 0.5, test_resolution: str = ""):
         self.model = build_model(cfg).eval()
         # Weights that do not fit the model fail here, naming the file (vlt.engine.checkpoint).
-        tower_pretrained = bool(cfg.MODEL.OPEN_CLIP.PRETRAINED)
-        checkpointer = VLTCheckpointer(self.model, strict_eval=True, tower_loaded_separately=tower_pretrained)
-        checkpointer.load(cfg.MODEL.WEIGHTS)
+        VLTCheckpointer(self.model, strict_eval=True).load(cfg.MODEL.WEIGHTS)
         name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "cityscapes_fine_val"
         self.metadata = MetadataCatalog.get(name)
         # The protocol of the first test set (e.g. "fit_1024x512" for Cityscapes under the "rein" preset), or one

@@ -31,10 +31,7 @@ def main(args):
         if not cfg.MODEL.WEIGHTS and not args.resume:
             logging.getLogger("vlt").warning("--eval-only without MODEL.WEIGHTS: evaluating untrained head weights")
         # Every evaluated parameter must come from MODEL.WEIGHTS (the tower may come from OPEN_CLIP.PRETRAINED).
-        tower_pretrained = bool(cfg.MODEL.OPEN_CLIP.PRETRAINED)
-        checkpointer = VLTCheckpointer(
-            model, save_dir=cfg.OUTPUT_DIR, strict_eval=True, tower_loaded_separately=tower_pretrained
-        )
+        checkpointer = VLTCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict_eval=True)
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)

@@ -5,9 +5,9 @@ not yet converted, a tower checkpoint given as MODEL.WEIGHTS) silently evaluates
 
 - a checkpoint none of whose keys is a parameter of the model fails, naming the file and the first keys of both;
 - for evaluation (``strict_eval``), every parameter the evaluation needs must come from the file, with the right
-  shape: the pretrained tower may come from MODEL.OPEN_CLIP.PRETRAINED instead (``tower_loaded_separately``), and a
-  model may declare keys it does not need (``checkpoint_optional_keys()``, e.g. Mask2Former's free query embeddings
-  when Rein's linked tokens replace them).
+  shape, except a tower that loaded its own pretrained weights (MODEL.OPEN_CLIP.PRETRAINED; the loader marks it
+  ``loaded_pretrained_weights``) and keys the model declares it does not need (``checkpoint_optional_keys()``,
+  e.g. Mask2Former's free query embeddings when Rein's linked tokens replace them).
 """
 import logging
 from typing import List, Optional
@@ -20,19 +20,24 @@ __all__ = ["VLTCheckpointer", "tower_key_prefixes"]
 logger = logging.getLogger(__name__)
 
 
-def tower_key_prefixes(model: nn.Module) -> List[str]:
-    """State-dict prefixes of the pretrained towers (modules marked ``is_pretrained_tower``) inside ``model``."""
-    return [f"{name}." for name, module in model.named_modules() if getattr(module, "is_pretrained_tower", False)]
+def tower_key_prefixes(model: nn.Module, loaded_only: bool = False) -> List[str]:
+    """State-dict prefixes of the pretrained towers (modules marked ``is_pretrained_tower``) inside ``model``;
+    with ``loaded_only``, of those that loaded pretrained weights themselves."""
+    prefixes = []
+    for name, module in model.named_modules():
+        if not getattr(module, "is_pretrained_tower", False):
+            continue
+        if not loaded_only or any(getattr(m, "loaded_pretrained_weights", "") for m in module.modules()):
+            prefixes.append(f"{name}.")
+    return prefixes
 
 
 class VLTCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with the checks above; saving and resuming are unchanged."""
 
-    def __init__(self, model: nn.Module, save_dir: str = "", *, strict_eval: bool = False,
-                 tower_loaded_separately: bool = False, **checkpointables):
+    def __init__(self, model: nn.Module, save_dir: str = "", *, strict_eval: bool = False, **checkpointables):
         super().__init__(model, save_dir, **checkpointables)
         self.strict_eval = strict_eval
-        self.tower_loaded_separately = tower_loaded_separately
         self._path: Optional[str] = None
 
     def load(self, path: str, checkpointables=None):
@@ -58,7 +63,7 @@ class VLTCheckpointer(DetectionCheckpointer):
 
     def _check_complete_for_evaluation(self, missing: set, incorrect_shapes) -> None:
         optional = set(getattr(self.model, "checkpoint_optional_keys", lambda: [])())
-        towers = tuple(tower_key_prefixes(self.model)) if self.tower_loaded_separately else ()
+        towers = tuple(tower_key_prefixes(self.model, loaded_only=True))
         needed = sorted(k for k in missing if k not in optional and not (towers and k.startswith(towers)))
         if incorrect_shapes:
             shapes = [f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in incorrect_shapes[:5]]

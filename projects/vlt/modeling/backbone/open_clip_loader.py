@@ -168,13 +168,16 @@ def build_open_clip_model(
     """Create an open_clip model by name and load its weights.
 
     Returns the visual tower alone unless ``keep_text_tower`` (then the whole CLIP model, in eval mode for the
-    text side). ``pretrained``: "" (random init), an open_clip tag, or a local checkpoint path.
+    text side). ``pretrained``: "" (random init), an open_clip tag, or a local checkpoint path. A loaded model
+    records its weights' source in ``loaded_pretrained_weights`` (read by vlt.engine.checkpoint).
     """
     check_model_name(model_name)
     model = open_clip.create_model(model_name, pretrained=None, load_weights=False)
     target = model if keep_text_tower else model.visual
     if pretrained:
-        load_tower_weights(target, resolve_pretrained(model_name, pretrained, cache_dir), not keep_text_tower)
+        source = resolve_pretrained(model_name, pretrained, cache_dir)
+        load_tower_weights(target, source, not keep_text_tower)
+        target.loaded_pretrained_weights = str(source)
     if keep_text_tower:
         return model
     del model
