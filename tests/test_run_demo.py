@@ -13,6 +13,7 @@ def demo_root(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_short_demo_learns_far_above_a_constant_guess(demo_root, tmp_path, monkeypatch, load_script):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(demo_root.parent))
     output = tmp_path / "demo"

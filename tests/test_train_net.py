@@ -19,6 +19,8 @@ import pytest
 import torch
 from conftest import random_regions
 
+pytestmark = pytest.mark.slow  # each test runs tools/train_net.py in a subprocess
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_NET = str(REPO / "tools" / "train_net.py")
 BASE = str(REPO / "configs" / "Base-VLTSeg-Mask2Former.yaml")
