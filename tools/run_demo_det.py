@@ -50,7 +50,7 @@ def draw_overlays(cfg, model, dataset_name: str, out_dir: str, count: int, min_s
         )
 
 
-def main():
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default=os.path.join(REPO, "configs", "vltdet_demo.yaml"))
     parser.add_argument("--output", default="output/demo_det")
@@ -58,7 +58,7 @@ def main():
     parser.add_argument("--overlays", type=int, default=6, help="overlay images per test set")
     parser.add_argument("--overlay-score", type=float, default=0.3, help="lowest score drawn")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     setup_logger(name="detectron2")
     setup_logger(name="vlt")
@@ -104,6 +104,7 @@ def main():
         json.dump(summary, f, indent=1)
     print(f"\n{summary['seconds_per_iteration']:.2f} s per training iteration (batch {summary['batch_size']}, "
           f"{summary['torch_threads']} CPU threads); overlays in {os.path.join(cfg.OUTPUT_DIR, 'overlays')}")
+    return summary
 
 
 if __name__ == "__main__":
