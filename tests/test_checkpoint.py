@@ -5,7 +5,7 @@ from detectron2.modeling import build_model
 
 from vlt.data.demo_generator import generate_demo_dataset
 from vlt.engine import Trainer, VLTCheckpointer
-from vlt.engine.checkpoint import tower_key_prefixes
+from vlt.engine.checkpoint import build_model_for_evaluation, tower_key_prefixes
 from vlt.utils.config import load_config
 
 TINY = [
@@ -96,3 +96,30 @@ def test_the_trainer_loads_and_saves_through_it(tmp_path, monkeypatch):
     assert isinstance(trainer.checkpointer, VLTCheckpointer)
     periodic = [h for h in trainer._hooks if hasattr(h, "checkpointer")]
     assert periodic and all(h.checkpointer is trainer.checkpointer for h in periodic)
+
+
+def test_evaluation_fetches_the_pretrained_tower_only_when_the_checkpoint_lacks_it(tmp_path, tower_file):
+    trained = tiny_model(extra=["MODEL.OPEN_CLIP.PRETRAINED", tower_file])
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01)  # "fine-tuned": differs from both the tower file and a fresh init
+    full = save(trained.state_dict(), tmp_path / "full.pth")
+    towers = tuple(tower_key_prefixes(trained))
+    head_only = save({k: v for k, v in trained.state_dict().items() if not k.startswith(towers)}, tmp_path / "head.pth")
+
+    def config(weights, pretrained):
+        return load_config("configs/Base-VLTSeg-Mask2Former.yaml",
+                           [*TINY, "MODEL.WEIGHTS", weights, "MODEL.OPEN_CLIP.PRETRAINED", pretrained])
+
+    # A full checkpoint: the pretrained source is never opened (here it does not even exist).
+    model = build_model_for_evaluation(config(full, str(tmp_path / "absent_tower.pt")), build_model)
+    for key, value in trained.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
+    # A head-only checkpoint: the tower comes from PRETRAINED, the rest from the checkpoint.
+    model = build_model_for_evaluation(config(head_only, tower_file), build_model)
+    reference = tiny_model(extra=["MODEL.OPEN_CLIP.PRETRAINED", tower_file]).state_dict()
+    for key, value in model.state_dict().items():
+        expected = reference[key] if key.startswith(towers) else trained.state_dict()[key]
+        torch.testing.assert_close(value, expected, rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="absent_tower"):
+        build_model_for_evaluation(config(head_only, str(tmp_path / "absent_tower.pt")), build_model)

@@ -28,7 +28,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from vlt.data.semantic_mapper import evaluation_resize_shape, resolve_test_resolution
 from vlt.data.transforms import CV2ResizeTransform
-from vlt.engine import VLTCheckpointer
+from vlt.engine.checkpoint import build_model_for_evaluation
 from vlt.utils.config import load_config
 
 logger = logging.getLogger("vlt.demo")
@@ -55,9 +55,8 @@ class SemanticSegmentationDemo:
     slide, TEST.SCALES / TEST.FLIP), with the classes and colours of the config's first test set."""
 
     def __init__(self, cfg, opacity: float = 0.5, test_resolution: str = ""):
-        self.model = build_model(cfg).eval()
         # Weights that do not fit the model fail here, naming the file (vlt.engine.checkpoint).
-        VLTCheckpointer(self.model, strict_eval=True).load(cfg.MODEL.WEIGHTS)
+        self.model = build_model_for_evaluation(cfg, build_model).eval()
         name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "cityscapes_fine_val"
         self.metadata = MetadataCatalog.get(name)
         # The protocol of the first test set (e.g. "fit_1024x512" for Cityscapes under the "rein" preset), or one

@@ -12,6 +12,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from vlt.engine import Trainer, VLTCheckpointer
+from vlt.engine.checkpoint import build_model_for_evaluation
 from vlt.utils.config import load_config
 
 
@@ -27,12 +28,15 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
-        if not cfg.MODEL.WEIGHTS and not args.resume:
-            logging.getLogger("vlt").warning("--eval-only without MODEL.WEIGHTS: evaluating untrained head weights")
-        # Every evaluated parameter must come from MODEL.WEIGHTS (the tower may come from OPEN_CLIP.PRETRAINED).
-        checkpointer = VLTCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict_eval=True)
-        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        if args.resume:  # the last checkpoint of OUTPUT_DIR (else MODEL.WEIGHTS)
+            model = Trainer.build_model(cfg)
+            checkpointer = VLTCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict_eval=True)
+            checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=True)
+        else:
+            if not cfg.MODEL.WEIGHTS:
+                logging.getLogger("vlt").warning("--eval-only without MODEL.WEIGHTS: evaluating untrained weights")
+            # Every evaluated parameter must come from MODEL.WEIGHTS (the tower may come from OPEN_CLIP.PRETRAINED).
+            model = build_model_for_evaluation(cfg, Trainer.build_model)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

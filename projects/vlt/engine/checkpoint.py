@@ -10,12 +10,13 @@ not yet converted, a tower checkpoint given as MODEL.WEIGHTS) silently evaluates
   e.g. Mask2Former's free query embeddings when Rein's linked tokens replace them).
 """
 import logging
-from typing import List, Optional
+from typing import Callable, List, Optional, Set
+from urllib.parse import urlparse
 
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-__all__ = ["VLTCheckpointer", "tower_key_prefixes"]
+__all__ = ["VLTCheckpointer", "build_model_for_evaluation", "tower_key_prefixes"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,16 @@ class VLTCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **checkpointables)
         self.strict_eval = strict_eval
         self._path: Optional[str] = None
+
+    def checkpoint_keys(self, path: str) -> Set[str]:
+        """The model keys a checkpoint file holds (without loading it into the model)."""
+        parsed = urlparse(path)  # as DetectionCheckpointer.load: a "?matching_heuristics=True" query is allowed
+        self._parsed_url_during_load = parsed
+        try:
+            checkpoint = self._load_file(self.path_manager.get_local_path(parsed._replace(query="").geturl()))
+        finally:
+            self._parsed_url_during_load = None
+        return {k[len("module."):] if k.startswith("module.") else k for k in checkpoint.get("model", {})}
 
     def load(self, path: str, checkpointables=None):
         self._path = path
@@ -77,3 +88,28 @@ class VLTCheckpointer(DetectionCheckpointer):
                 f"(e.g. {needed[:5]}); evaluating would use their random initial values. Was it saved from another "
                 "config, or does it hold only part of the model?"
             )
+
+
+def build_model_for_evaluation(cfg, build_model: Callable[[object], nn.Module]) -> nn.Module:
+    """``build_model(cfg)`` with MODEL.WEIGHTS loaded under the evaluation checks (``strict_eval``).
+
+    The tower's MODEL.OPEN_CLIP.PRETRAINED weights are fetched only when MODEL.WEIGHTS does not hold the tower (e.g.
+    official Rein checkpoints, which keep only Rein and the head): a full VLT checkpoint evaluates offline, without
+    the hub download or cache the pretrained tag would need.
+    """
+    if cfg.MODEL.WEIGHTS and cfg.MODEL.OPEN_CLIP.PRETRAINED:
+        without_pretrained = cfg.clone()
+        without_pretrained.defrost()
+        without_pretrained.MODEL.OPEN_CLIP.PRETRAINED = ""
+        without_pretrained.freeze()
+        model = build_model(without_pretrained)
+        checkpointer = VLTCheckpointer(model, strict_eval=True)
+        towers = tuple(tower_key_prefixes(model))
+        tower_keys = {k for k in model.state_dict() if towers and k.startswith(towers)}
+        if tower_keys <= checkpointer.checkpoint_keys(cfg.MODEL.WEIGHTS):
+            logger.info("%s holds the tower: MODEL.OPEN_CLIP.PRETRAINED is not loaded", cfg.MODEL.WEIGHTS)
+            checkpointer.load(cfg.MODEL.WEIGHTS)
+            return model
+    model = build_model(cfg)
+    VLTCheckpointer(model, strict_eval=True).load(cfg.MODEL.WEIGHTS)
+    return model
