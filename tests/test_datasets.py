@@ -74,7 +74,8 @@ def test_cityscapes_tables_match_cityscapesscripts():
 # ---------------------------------------------------------------------------------------------------- registration
 def test_registration_reads_no_files_and_sets_metadata(monkeypatch, tmp_path):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "nowhere"))
-    expected = {"gta5_train", "synthia_train", "cityscapes_fine_val", "cityscapes_fine_test", "bdd100k_sem_seg_val",
+    expected = {"gta5_train", "gta5_robustnet_train", "synthia_train", "synthia_robustnet_train",
+                "synthia_robustnet_val", "cityscapes_fine_val", "cityscapes_fine_test", "bdd100k_sem_seg_val",
                 "mapillary_19_val", "mapillary_19_robustnet_val", "mapillary_19_half_val", "acdc_night_val",
                 "acdc_all_test", "vlt_demo_source_train", "vlt_demo_fog_val", "vlt_demo_shift_val"}
     assert expected <= set(SEM_SEG_DATASETS) <= set(DatasetCatalog.list())
@@ -196,6 +197,21 @@ def test_gta5_robustnet_split_lists(data_root):
     (data_root / "gta5" / "gtav_split_train.txt").write_text("00002.png\n09999.png\n")
     with pytest.raises(FileNotFoundError, match=r"1 listed images are not in"):
         DatasetCatalog.get("gta5_robustnet_train")
+
+
+def test_synthia_robustnet_split_lists(data_root):
+    _synthia(data_root)
+    base = data_root / "synthia" / "RAND_CITYSCAPES"
+    with pytest.raises(FileNotFoundError, match=r"'.*RAND_CITYSCAPES/synthia_split_val.txt' not found.*split_data"):
+        DatasetCatalog.get("synthia_robustnet_val")
+    (base / "synthia_split_val.txt").write_text("0000001.png\n")
+    dicts = DatasetCatalog.get("synthia_robustnet_val")
+    assert [d["file_name"] for d in dicts] == [str(base / "RGB" / "0000001.png")]
+    assert dicts[0]["sem_seg_file_name"] == str(base / "GT" / "LABELS" / "0000001_labelTrainIds.png")
+    assert MetadataCatalog.get("synthia_robustnet_train").miou_16_train_ids == list(cs.SYNTHIA_16_TRAIN_IDS)
+    (base / "synthia_split_train.txt").write_text("0000000.png\n0009999.png\n")
+    with pytest.raises(FileNotFoundError, match=r"1 listed images are not in '.*RAND_CITYSCAPES/RGB'"):
+        DatasetCatalog.get("synthia_robustnet_train")
 
 
 # ---------------------------------------------------------------------------------------------------------- errors

@@ -17,6 +17,7 @@ __all__ = [
     "datasets_root",
     "require_dir",
     "list_image_label_pairs",
+    "select_split_list",
     "register_sem_seg",
 ]
 
@@ -99,6 +100,24 @@ def list_image_label_pairs(
             record["height"], record["width"] = size
         dicts.append(record)
     return dicts
+
+
+def select_split_list(dicts: List[dict], list_path: str, dataset: str, section: str, image_dir: str,
+                      source: str) -> List[dict]:
+    """The dicts of the images named in the split list ``list_path`` (one image file name per line, e.g.
+    RobustNet's split_data/*.txt), in its order. FileNotFoundError if the list is missing (saying where to get it:
+    ``source``) or names images that are not under ``image_dir``."""
+    if not os.path.isfile(list_path):
+        raise FileNotFoundError(f"{dataset}: split list '{list_path}' not found: copy {source} there ({README}, "
+                                f"section '{section}')")
+    with open(list_path) as f:
+        names = [line.strip() for line in f if line.strip()]
+    by_name = {os.path.basename(d["file_name"]): d for d in dicts}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise FileNotFoundError(f"{list_path}: {len(missing)} listed images are not in '{image_dir}', e.g. "
+                                f"{missing[:3]}")
+    return [by_name[n] for n in names]
 
 
 def register_sem_seg(

@@ -12,7 +12,7 @@ subsets of RobustNet's split lists (FAMix trains on them; copy them from its rel
 """
 import os
 
-from .common import README, datasets_root, list_image_label_pairs, register_sem_seg
+from .common import datasets_root, list_image_label_pairs, register_sem_seg, select_split_list
 
 __all__ = ["load_gta5", "register_gta5"]
 
@@ -30,18 +30,8 @@ def load_gta5(root: str = "", split_list: str = ""):
     )
     if not split_list:
         return dicts
-    list_path = os.path.join(root, split_list)
-    if not os.path.isfile(list_path):
-        raise FileNotFoundError(f"GTA5 split list '{list_path}' not found: copy RobustNet's / FAMix's "
-                                f"datasets/gta5_list/{split_list} there ({README}, section 'GTA5')")
-    with open(list_path) as f:
-        names = [line.strip() for line in f if line.strip()]
-    by_name = {os.path.basename(d["file_name"]): d for d in dicts}
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise FileNotFoundError(f"{list_path}: {len(missing)} listed images are not in '{root}/images', e.g. "
-                                f"{missing[:3]}")
-    return [by_name[n] for n in names]
+    return select_split_list(dicts, os.path.join(root, split_list), "GTA5", SECTION,
+                             os.path.join(root, "images"), f"RobustNet's / FAMix's datasets/gta5_list/{split_list}")
 
 
 def register_gta5():
