@@ -14,7 +14,13 @@ from vlt.data import (
     evaluation_resize_shape,
     resolve_test_resolution,
 )
-from vlt.data.transforms import ColorJitter, PhotometricDistortion, RandomCropCategoryMaxRatio, RandomResizeRatioRange
+from vlt.data.transforms import (
+    ColorJitter,
+    PadCenteredAndResize,
+    PhotometricDistortion,
+    RandomCropCategoryMaxRatio,
+    RandomResizeRatioRange,
+)
 
 
 def make_cfg(name, **input_keys):
@@ -118,6 +124,30 @@ def test_pad_to_crop_with_ignore_and_divisibility(tiny_dataset):
     mapper = SemSegTrainMapper(make_cfg(name, SIZE_DIVISIBILITY=16))
     out = mapper(_record(name))
     assert out["sem_seg"].shape == (32, 32) and (out["sem_seg"][:, 30:] == 255).all()
+
+
+def test_pad_centred_and_resize_famix_synthia_crop(tiny_dataset):
+    np.random.seed(0)
+    image = coordinate_image(20, 40)  # crop 30 x 30: height padded (robustnet: 6 each side, then a random crop)
+    label = np.full((20, 40), 3, np.uint8)
+    aug = PadCenteredAndResize((30, 30), (60, 60))
+    tops = set()
+    for _ in range(30):
+        tfm = aug.get_transform(image[:, :30])
+        padded = tfm.transforms[0]
+        assert (padded.x0, padded.x1) == (0, 0) and padded.y0 + padded.y1 == 10
+        tops.add(padded.y0)
+    assert tops == {4, 5, 6}  # (30 - 20) // 2 + 1 = 6 per side, crop offset 0..2
+    name = tiny_dataset("vlt_test_mapper_pad_resize", [image], [label])
+    keys = {"CROP.ENABLED": True, "CROP.SIZE": (30, 30), "CROP.CAT_MAX_RATIO": 1.0, "CROP.PAD_RESIZE_TO": (60, 60)}
+    out = SemSegTrainMapper(make_cfg(name, **keys))(_record(name))
+    assert out["image"].shape == (3, 60, 60) and out["sem_seg"].shape == (60, 60)
+    rows = (out["sem_seg"] == 3).all(1)
+    assert rows.sum() == 40 and (out["sem_seg"][~rows] == 255).all()  # 20 image rows x 2, the rest ignore
+    assert 8 <= int(rows.int().argmax()) <= 12  # top padding 4..6 rows, doubled
+    assert (out["image"][:, :7] == 0).all() and (out["image"][:, -7:] == 0).all()
+    with pytest.raises(ValueError, match="PAD_RESIZE_TO"):
+        SemSegTrainMapper(make_cfg(name, **{"CROP.PAD_RESIZE_TO": (60, 60)}))
 
 
 def test_resize_ratio_range_follows_mmseg_keep_ratio():

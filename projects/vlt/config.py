@@ -118,6 +118,9 @@ def _add_data_config(cfg):
     # mmseg cat_max_ratio: retry the crop (up to 10 times) while one class covers more than this fraction of its
     # labelled pixels (mmseg DG recipes: 0.75; 1.0 = off, as Mask2Former).
     cfg.INPUT.CROP.CAT_MAX_RATIO = 0.75
+    # (h, w): after the crop, pad it to CROP.SIZE (about centred, as RobustNet's RandomCrop) and resize it to
+    # (h, w); the FAMix release's SYNTHIA crop (random scale 0.5-2, crop 720, resize to 768). () = off.
+    cfg.INPUT.CROP.PAD_RESIZE_TO = ()
     # mmseg PhotoMetricDistortion (brightness 32, contrast 0.5-1.5, saturation 0.5-1.5, hue 18), after the flip.
     cfg.INPUT.PHOTOMETRIC_DISTORTION = True
     # torchvision ColorJitter [brightness, contrast, saturation, hue]; [] = off. FAMix: [0.8, 0.8, 0.8, 0.0].

@@ -25,6 +25,7 @@ from .label_conversion import read_label_map
 from .transforms import (
     ColorJitter,
     CV2ResizeTransform,
+    PadCenteredAndResize,
     PhotometricDistortion,
     RandomCropCategoryMaxRatio,
     RandomResizeRatioRange,
@@ -193,6 +194,11 @@ def build_train_augmentations(cfg) -> List[T.Augmentation]:
         if cfg.INPUT.CROP.TYPE != "absolute":
             raise ValueError(f"cfg.INPUT.CROP.TYPE must be 'absolute' (SIZE in pixels), got '{cfg.INPUT.CROP.TYPE}'")
         augs.append(RandomCropCategoryMaxRatio(cfg.INPUT.CROP.SIZE, cfg.INPUT.CROP.CAT_MAX_RATIO))
+    if len(cfg.INPUT.CROP.PAD_RESIZE_TO):
+        if not cfg.INPUT.CROP.ENABLED or len(cfg.INPUT.CROP.PAD_RESIZE_TO) != 2:
+            raise ValueError(f"cfg.INPUT.CROP.PAD_RESIZE_TO must be () or (h, w) with INPUT.CROP.ENABLED, got "
+                             f"{cfg.INPUT.CROP.PAD_RESIZE_TO}")
+        augs.append(PadCenteredAndResize(cfg.INPUT.CROP.SIZE, cfg.INPUT.CROP.PAD_RESIZE_TO))
     if cfg.INPUT.RANDOM_FLIP == "horizontal":
         augs.append(T.RandomFlip(horizontal=True, vertical=False))
     elif cfg.INPUT.RANDOM_FLIP != "none":
@@ -232,7 +238,7 @@ class SemSegTrainMapper:
             "image_format": cfg.INPUT.FORMAT,
             "num_classes": num_classes,
             "ignore_label": ignore_label,
-            "crop_size": cfg.INPUT.CROP.SIZE if cfg.INPUT.CROP.ENABLED else None,
+            "crop_size": (cfg.INPUT.CROP.PAD_RESIZE_TO or cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED else None,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
         }
 

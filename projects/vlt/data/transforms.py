@@ -1,7 +1,8 @@
 """Training augmentations for semantic segmentation as Detectron2 ``Augmentation`` / ``Transform`` objects.
 
 They reproduce mmseg's pipeline (``Resize`` with ``ratio_range``, ``RandomCrop`` with ``cat_max_ratio``,
-``PhotoMetricDistortion``) and torchvision's ``ColorJitter`` (FAMix), with OpenCV resizing (what mmseg uses, and
+``PhotoMetricDistortion``), torchvision's ``ColorJitter`` (FAMix) and the pad-then-resize of the FAMix release's
+SYNTHIA crops, with OpenCV resizing (what mmseg uses, and
 faster than PIL) and ``bincount`` instead of ``np.unique`` for the crop's class-ratio test.
 """
 from typing import Sequence, Tuple
@@ -16,6 +17,7 @@ __all__ = [
     "RandomResizeRatioRange",
     "RandomResizeShortSide",
     "RandomCropCategoryMaxRatio",
+    "PadCenteredAndResize",
     "PhotometricDistortion",
     "ColorJitter",
     "keep_ratio_scale",
@@ -129,6 +131,32 @@ class RandomCropCategoryMaxRatio(Augmentation):
                 break
             crop = self._random_crop(height, width)
         return crop
+
+
+class PadCenteredAndResize(Augmentation):
+    """Pad a (random) crop up to ``crop_size`` and resize it to ``output_size`` — the FAMix release's SYNTHIA crop
+    (utils/get_dataset.py: ``RandomSizeAndCrop(720)`` then ``ExtResize(768)``). The padding is RobustNet's
+    ``RandomCrop(nopad=False)``: (size - n) // 2 + 1 pixels on each side of a side n shorter than the crop, then a
+    random crop, so the image sits about centred (image 0, label ``ignore_label``). Bilinear / nearest resize."""
+
+    def __init__(self, crop_size: Tuple[int, int], output_size: Tuple[int, int], ignore_label: int = 255):
+        super().__init__()
+        self.crop_size, self.output_size, self.ignore_label = tuple(crop_size), tuple(output_size), ignore_label
+
+    @staticmethod
+    def _pad_before(size: int, target: int) -> int:
+        if size >= target:
+            return 0
+        pad = (target - size) // 2 + 1
+        return pad - np.random.randint(size + 2 * pad - target + 1)
+
+    def get_transform(self, image: np.ndarray) -> Transform:
+        height, width = image.shape[:2]
+        crop_h, crop_w = max(self.crop_size[0], height), max(self.crop_size[1], width)
+        top, left = self._pad_before(height, crop_h), self._pad_before(width, crop_w)
+        pad = T.PadTransform(left, top, crop_w - width - left, crop_h - height - top, width, height,
+                             pad_value=0, seg_pad_value=self.ignore_label)
+        return T.TransformList([pad, CV2ResizeTransform(crop_h, crop_w, *self.output_size)])
 
 
 def _blend(image: np.ndarray, other, factor: float) -> np.ndarray:
