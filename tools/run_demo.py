@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
@@ -107,6 +108,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     config_file = args.config_file or VARIANTS[args.variant]
     cfg = load_config(config_file, ["OUTPUT_DIR", args.output, *args.opts])
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)  # as train_net.py (default_setup): the same figures every run
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
 
     trainer = Trainer(cfg)

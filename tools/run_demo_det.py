@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
@@ -79,6 +80,7 @@ def main(argv=None) -> dict:
         logger.info(f"Generated the demo benchmark in {demo_root}")
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     cfg = load_config(args.config_file, ["OUTPUT_DIR", args.output, *args.opts])
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)  # as train_net.py (default_setup): the same figures every run
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
 
     trainer = Trainer(cfg)
