@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
@@ -96,28 +95,13 @@ def main(argv=None) -> dict:
     if args.data_root:
         os.environ["DETECTRON2_DATASETS"] = os.path.dirname(os.path.abspath(args.data_root))
     import vlt  # noqa: F401  (after DETECTRON2_DATASETS is set; registers the datasets)
-    from vlt.data.datasets import datasets_root
-    from vlt.data.demo_generator import ensure_demo_dataset
-    from vlt.engine import Trainer, TrainingClock
-    from vlt.utils.config import load_config
+    from vlt.engine.demo import train_and_evaluate_demo
 
     start = time.perf_counter()
-    demo_root = os.path.join(datasets_root(), "vlt_demo")
-    if ensure_demo_dataset(demo_root):  # seconds; skipped when a finished one is there
-        logger.info(f"Generated the demo benchmark in {demo_root}")
-    torch.set_num_threads(args.threads)
     config_file = args.config_file or VARIANTS[args.variant]
-    cfg = load_config(config_file, ["OUTPUT_DIR", args.output, *args.opts])
-    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)  # as train_net.py (default_setup): the same figures every run
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-
-    trainer = Trainer(cfg)
-    clock = TrainingClock()
-    trainer.register_hooks([clock])
-    trainer.resume_or_load(resume=False)
-    trainer.train()  # D2's EvalHook evaluates every DATASETS.TEST after the last iteration; Trainer.test writes
-    results = trainer._last_eval_results  # the multi-target table (multi_target.{json,csv}) and logs it
-
+    cfg, trainer, results, clock = train_and_evaluate_demo(
+        config_file, ["OUTPUT_DIR", args.output, *args.opts], args.threads
+    )
     for name in cfg.DATASETS.TEST:
         draw_overlays(cfg, trainer.model, name, os.path.join(cfg.OUTPUT_DIR, "overlays", name), args.overlays)
     summary = {

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
@@ -69,28 +68,12 @@ def main(argv=None) -> dict:
             parser.error("--data-root must be a folder named vlt_demo (it is found as $DETECTRON2_DATASETS/vlt_demo)")
         os.environ["DETECTRON2_DATASETS"] = os.path.dirname(root)
     import vlt  # noqa: F401  (after DETECTRON2_DATASETS is set; registers the datasets)
-    from vlt.data.datasets import datasets_root
-    from vlt.data.demo_generator import ensure_demo_dataset
-    from vlt.engine import Trainer, TrainingClock
-    from vlt.modeling.det import write_det_multi_target_table
-    from vlt.utils.config import load_config
+    from vlt.engine.demo import train_and_evaluate_demo
 
-    demo_root = os.path.join(datasets_root(), "vlt_demo")
-    if ensure_demo_dataset(demo_root):  # seconds; skipped when a finished one is there
-        logger.info(f"Generated the demo benchmark in {demo_root}")
-    torch.set_num_threads(min(torch.get_num_threads(), 2))
-    cfg = load_config(args.config_file, ["OUTPUT_DIR", args.output, *args.opts])
-    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)  # as train_net.py (default_setup): the same figures every run
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-
-    trainer = Trainer(cfg)
-    clock = TrainingClock()
-    trainer.register_hooks([clock])
-    trainer.resume_or_load(resume=False)
-    trainer.train()
-    # D2's EvalHook evaluated every DATASETS.TEST after the last iteration (Trainer.test: one dict per dataset).
-    results = trainer._last_eval_results
-    write_det_multi_target_table(results, cfg.OUTPUT_DIR)  # logged
+    # Trainer.test logs and saves the detection table (det_multi_target.{json,csv}).
+    cfg, trainer, results, clock = train_and_evaluate_demo(
+        args.config_file, ["OUTPUT_DIR", args.output, *args.opts], min(torch.get_num_threads(), 2)
+    )
 
     for name in cfg.DATASETS.TEST:
         draw_overlays(cfg, trainer.model, name, os.path.join(cfg.OUTPUT_DIR, "overlays", name), args.overlays,
