@@ -5,6 +5,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= output/demo
+# fvcore (under detectron2) still decorates with torch.jit.script, deprecated in recent torch: one FutureWarning
+# per process from torch.jit._script, not ours to fix; silence exactly that one.
+export PYTHONWARNINGS := ignore::FutureWarning:torch.jit._script
 
 .PHONY: setup demo demo-rein demo-det test lint clean-venv
 
