@@ -180,3 +180,16 @@ def test_vit_backbone_gets_the_mixer_as_a_block_hook(tmp_path):
     with torch.no_grad():
         model([{"image": image}])
     assert len(calls) == 1 and model.style_mixer._targets is None  # eval: the hook skips the mixer
+
+
+def test_a_missing_or_unfinished_style_bank_says_what_to_run(tmp_path):
+    from vlt.modeling.adapters.famix import load_style_bank
+
+    with pytest.raises(FileNotFoundError, match=r"absent\.pth' \(MODEL.FAMIX.STYLE_BANK\) not found.*mine_styles"):
+        load_style_bank(str(tmp_path / "absent.pth"))
+    path = str(tmp_path / "partial.pth")
+    torch.save({"banks": {0: torch.zeros(1, 2, 4)}, "complete": False}, path)
+    with pytest.raises(ValueError, match=r"partial\.pth: style mining was interrupted"):
+        load_style_bank(path)
+    torch.save({"banks": {0: torch.zeros(1, 2, 4)}, "complete": True}, path)
+    assert load_style_bank(path)["banks"][0].shape == (1, 2, 4)

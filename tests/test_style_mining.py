@@ -3,6 +3,7 @@ import json
 import runpy
 import sys
 
+import pytest
 import torch
 
 from vlt.modeling.adapters.famix import PatchStyleMixer
@@ -79,6 +80,9 @@ def test_bank_file_round_trips_and_feeds_the_mixer(tmp_path):
     assert sorted(banks) == [0, 3, 255] and loaded.done_images == ["a.png", "b.png"]
     assert torch.equal(banks[3], stats[[0, 2]]) and torch.equal(banks[255], stats[[1]])
     assert loaded.metadata == {"model_name": "VLT-RN-Tiny", "grid": 2}
+    with pytest.raises(ValueError, match="style mining was interrupted"):  # an unfinished bank only resumes mining
+        PatchStyleMixer.from_file(str(tmp_path / "bank.pth"), num_classes=5)
+    loaded.save(str(tmp_path / "bank.pth"), complete=True)
     mixer = PatchStyleMixer.from_file(str(tmp_path / "bank.pth"), num_classes=5)
     assert mixer.grid == 2 and mixer.bank_count.tolist() == [1, 0, 0, 2, 0, 1]
     rows = mixer.styles[mixer.bank_offset[3]: mixer.bank_offset[3] + 2]

@@ -5,6 +5,7 @@ from CLIP (tools/mine_styles.py), during training only.
 paper) and, through :class:`TokenStyleMixerHook`, a block hook of the open_clip ViT / EVA02 tower (ours, beyond the
 paper: the patch tokens of one block seen as a 2-D map).
 """
+import os
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -58,10 +59,18 @@ def dominant_patch_classes(
 
 
 def load_style_bank(path: str) -> Dict:
-    """Read a style bank written by tools/mine_styles.py; check its layout."""
+    """Read a style bank written by tools/mine_styles.py; check that it exists, is finished and has its layout."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"FAMix style bank '{path}' (MODEL.FAMIX.STYLE_BANK) not found: mine it first with "
+            f"python tools/mine_styles.py --config-file <this config> --output {path}"
+        )
     bank = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(bank, dict) or "banks" not in bank:
         raise ValueError(f"{path}: not a FAMix style bank (expected a dict with 'banks': class id -> [N, 2, C])")
+    if bank.get("complete") is False:
+        raise ValueError(f"{path}: style mining was interrupted before the end of the training set; rerun the same "
+                         "tools/mine_styles.py command to finish it (it resumes)")
     for cls, stats in bank["banks"].items():
         if stats.dim() != 3 or stats.shape[1] != 2:
             raise ValueError(f"{path}: bank {cls} has shape {tuple(stats.shape)}, expected [N, 2, C]")
