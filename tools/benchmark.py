@@ -18,6 +18,7 @@ from typing import Callable, Dict, List
 
 import torch
 from detectron2.config import CfgNode
+from detectron2.utils.events import EventStorage
 from tabulate import tabulate
 
 
@@ -52,6 +53,23 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+def synthetic_training_input(cfg, size: int, detection: bool) -> Dict:
+    """One random training input of ``size`` x ``size``: a label map, or (VLTDet) eight random boxes."""
+    record = {"image": torch.randint(0, 256, (3, size, size), dtype=torch.uint8), "height": size, "width": size}
+    if not detection:
+        record["sem_seg"] = torch.randint(0, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, (size, size))
+        return record
+    from detectron2.structures import Boxes, Instances
+
+    corner = torch.rand(8, 2) * size * 0.7  # [N, 2] top-left x, y
+    extent = torch.rand(8, 2) * size * 0.3 + 8
+    instances = Instances((size, size))
+    instances.gt_boxes = Boxes(torch.cat([corner, (corner + extent).clamp(max=size)], dim=1))
+    instances.gt_classes = torch.randint(0, cfg.MODEL.ROI_HEADS.NUM_CLASSES, (8,))
+    record["instances"] = instances
+    return record
+
+
 def benchmark_towers(names: List[str], size: int, device: torch.device, args) -> List[Dict]:
     from vlt.modeling.backbone import OpenCLIPViT, VisionTower, build_open_clip_model
 
@@ -81,15 +99,8 @@ def benchmark_model(cfg: CfgNode, size: int, device: torch.device, args) -> List
 
     model = Trainer.build_model(cfg).to(device)
     optimizer = Trainer.build_optimizer(cfg, model)
-    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    batch = [
-        {
-            "image": torch.randint(0, 256, (3, size, size), dtype=torch.uint8),
-            "sem_seg": torch.randint(0, num_classes, (size, size)),
-            "height": size, "width": size,
-        }
-        for _ in range(args.batch)
-    ]
+    detection = cfg.INPUT.DATASET_MAPPER_NAME == "vltdet_lsj"  # VLTDet: boxes instead of a label map
+    batch = [synthetic_training_input(cfg, size, detection) for _ in range(args.batch)]
 
     def train_step():
         with autocast(device, args.amp):
@@ -103,7 +114,8 @@ def benchmark_model(cfg: CfgNode, size: int, device: torch.device, args) -> List
     model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = time_it(train_step, device, args.warmup, args.iters)
+    with EventStorage(0):  # Detectron2's R-CNN heads log training statistics into one
+        seconds = time_it(train_step, device, args.warmup, args.iters)
     rows.append({
         "what": f"train step, batch {args.batch}", "input": f"{size}x{size}", "ms": 1000 * seconds,
         "it/s": 1.0 / seconds, "peak memory (MiB)": _peak_memory_mib(device),
@@ -112,7 +124,7 @@ def benchmark_model(cfg: CfgNode, size: int, device: torch.device, args) -> List
     test_size = args.test_size or size
     image = {"image": torch.randint(0, 256, (3, test_size[0], test_size[1]), dtype=torch.uint8)}
     image.update(height=test_size[0], width=test_size[1])
-    for mode in ("whole", "slide"):
+    for mode in ("whole",) if detection else ("whole", "slide"):
         model.test_mode = mode
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
