@@ -1,4 +1,5 @@
 """tools/demo.py: a user's images (one unreadable) and a video -> overlays and label PNGs from the given weights."""
+import json
 import os
 
 import cv2
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from vlt.utils.config import load_config
@@ -78,3 +80,34 @@ def test_nothing_readable_fails(weights, tmp_path, load_script):
         "--opts", *TINY, "MODEL.WEIGHTS", weights[0],
     ])
     assert code == 1
+
+
+def test_detection_configs_write_boxes_like_the_evaluation_path(tmp_path, load_script):
+    from vlt.modeling.det import build_det_test_mapper
+
+    config = os.path.join(REPO, "configs", "vltdet_demo.yaml")
+    opts = ["MODEL.OPEN_CLIP.MODEL_NAME", "VLT-ViT-Tiny-16"]
+    torch.manual_seed(0)
+    cfg = load_config(config, opts)
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("det")
+    rng = np.random.default_rng(1)
+    image_path = tmp_path / "photos" / "street.png"
+    image_path.parent.mkdir()
+    cv2.imwrite(str(image_path), rng.integers(0, 256, (96, 160, 3), dtype=np.uint8))
+
+    code = load_script("tools/demo.py").main([
+        "--config-file", config, "--input", str(image_path.parent), "--output", str(tmp_path / "out"),
+        "--min-score", "0.0", "--opts", *opts, "MODEL.WEIGHTS", str(tmp_path / "det.pth"),
+    ])
+    assert code == 0
+    detections = json.loads((tmp_path / "out" / "street_detections.json").read_text())
+    overlay = cv2.imread(str(tmp_path / "out" / "street_overlay.png"))
+    assert overlay.shape == (96, 160, 3)
+    with torch.no_grad():  # the evaluation's own mapper and model call
+        expected = model([build_det_test_mapper(cfg)({"file_name": str(image_path), "height": 96, "width": 160})])
+    expected = expected[0]["instances"]
+    assert len(detections) == len(expected) > 0
+    np.testing.assert_allclose([d["bbox"] for d in detections], expected.pred_boxes.tensor.numpy(), atol=0.01)
+    classes = MetadataCatalog.get(cfg.DATASETS.TEST[0]).thing_classes
+    assert [d["category"] for d in detections] == [classes[c] for c in expected.pred_classes.tolist()]

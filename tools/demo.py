@@ -1,16 +1,20 @@
 #!/usr/bin/env python
-"""Run a VLT segmentation model on your own images or a video; write colour overlays and raw label PNGs.
+"""Run a VLT model on your own images or a video: segmentation (VLTSeg, Rein, FAMix) or detection (VLTDet) configs.
 
     python tools/demo.py --config-file configs/vltseg_cityscapes.yaml --input 'photos/*.jpg' --output out/ \
         --opts MODEL.WEIGHTS model_final.pth TEST.MODE slide
     python tools/demo.py --config-file configs/vltseg_cityscapes.yaml --video-input drive.mp4 --output out/ \
         --opts MODEL.WEIGHTS model_final.pth
+    python tools/demo.py --config-file configs/vltdet_urbansyn.yaml --input photos/ --output out/ --min-score 0.5 \
+        --opts MODEL.WEIGHTS vltdet_final.pth
 
-Images: ``<output>/<name>_overlay.png`` (prediction blended over the image) and ``<name>_labels.png`` (train ids,
-uint8). Video: ``<output>/<name>_overlay.mp4``. An unreadable file is reported and skipped; the run goes on.
+Images: ``<output>/<name>_overlay.png`` (prediction drawn over the image) and the raw prediction,
+``<name>_labels.png`` (segmentation: train ids, uint8) or ``<name>_detections.json`` (detection: boxes in pixels,
+scores, classes). Video: ``<output>/<name>_overlay.mp4``. An unreadable file is reported and skipped; the run goes on.
 """
 import argparse
 import glob
+import json
 import logging
 import os
 import sys
@@ -21,8 +25,10 @@ import numpy as np
 import torch
 import tqdm
 from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
+from detectron2.structures import Instances
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
@@ -67,7 +73,7 @@ class SemanticSegmentationDemo:
         self.image_format = cfg.INPUT.FORMAT
         self.opacity = opacity
 
-    def labels(self, image_bgr: np.ndarray) -> np.ndarray:
+    def predict(self, image_bgr: np.ndarray) -> np.ndarray:
         """Train ids (uint8) at the image's own size."""
         image = image_bgr[:, :, ::-1] if self.image_format == "RGB" else image_bgr
         height, width = image.shape[:2]
@@ -85,8 +91,51 @@ class SemanticSegmentationDemo:
         drawn = visualizer.draw_sem_seg(labels, alpha=self.opacity)
         return drawn.get_image()[:, :, ::-1]
 
+    def save(self, labels: np.ndarray, stem: str) -> None:
+        """``<stem>_labels.png``: the train ids."""
+        cv2.imwrite(f"{stem}_labels.png", labels)
 
-def run_images(demo: SemanticSegmentationDemo, files: List[str], output: str) -> int:
+
+class DetectionDemo:
+    """A VLTDet model run the way its evaluation runs it (shortest edge INPUT.MIN_SIZE_TEST, longest at most
+    INPUT.MAX_SIZE_TEST), with the classes of the config's first test set; boxes under ``min_score`` are not drawn."""
+
+    def __init__(self, cfg, min_score: float = 0.5):
+        # Weights that do not fit the model fail here, naming the file (vlt.engine.checkpoint).
+        self.model = build_model_for_evaluation(cfg, build_model).eval()
+        self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else MetadataCatalog.get("")
+        self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        self.image_format = cfg.INPUT.FORMAT
+        self.min_score = min_score
+
+    def predict(self, image_bgr: np.ndarray) -> Instances:
+        """Detections (boxes in the image's own pixels, scores, classes) with score >= min_score."""
+        image = image_bgr[:, :, ::-1] if self.image_format == "RGB" else image_bgr
+        height, width = image.shape[:2]
+        resized = self.resize.get_transform(image).apply_image(np.ascontiguousarray(image))
+        inputs = {"image": torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))),
+                  "height": height, "width": width}
+        with torch.no_grad():
+            instances = self.model([inputs])[0]["instances"].to("cpu")
+        return instances[instances.scores >= self.min_score]
+
+    def overlay(self, image_bgr: np.ndarray, instances: Instances) -> np.ndarray:
+        drawn = Visualizer(image_bgr[:, :, ::-1], self.metadata).draw_instance_predictions(instances)
+        return drawn.get_image()[:, :, ::-1]
+
+    def save(self, instances: Instances, stem: str) -> None:
+        """``<stem>_detections.json``: [{"bbox": [x0, y0, x1, y1], "score", "category_id", "category"}]."""
+        names = self.metadata.get("thing_classes", None)
+        detections = [
+            {"bbox": [round(float(v), 2) for v in box], "score": round(float(score), 4), "category_id": int(cls),
+             "category": names[int(cls)] if names else str(int(cls))}
+            for box, score, cls in zip(instances.pred_boxes.tensor, instances.scores, instances.pred_classes)
+        ]
+        with open(f"{stem}_detections.json", "w") as f:
+            json.dump(detections, f, indent=1)
+
+
+def run_images(demo, files: List[str], output: str) -> int:
     failures = 0
     for path in tqdm.tqdm(files, desc="images", disable=not sys.stderr.isatty()):
         try:
@@ -95,15 +144,15 @@ def run_images(demo: SemanticSegmentationDemo, files: List[str], output: str) ->
             logger.error("Skipping %s: cannot read it as an image (%s: %s)", path, type(e).__name__, e)
             failures += 1
             continue
-        labels = demo.labels(image)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        cv2.imwrite(os.path.join(output, f"{stem}_labels.png"), labels)
-        cv2.imwrite(os.path.join(output, f"{stem}_overlay.png"), demo.overlay(image, labels))
+        prediction = demo.predict(image)
+        stem = os.path.join(output, os.path.splitext(os.path.basename(path))[0])
+        demo.save(prediction, stem)
+        cv2.imwrite(f"{stem}_overlay.png", demo.overlay(image, prediction))
     logger.info("Wrote %d of %d images to %s", len(files) - failures, len(files), output)
     return failures
 
 
-def run_video(demo: SemanticSegmentationDemo, path: str, output: str) -> int:
+def run_video(demo, path: str, output: str) -> int:
     video = cv2.VideoCapture(path)
     if not video.isOpened():
         logger.error("Cannot open video %s", path)
@@ -116,7 +165,7 @@ def run_video(demo: SemanticSegmentationDemo, path: str, output: str) -> int:
         ok, frame = video.read()
         if not ok:
             break
-        blended = demo.overlay(frame, demo.labels(frame))
+        blended = demo.overlay(frame, demo.predict(frame))
         if writer is None:
             height, width = blended.shape[:2]
             writer = cv2.VideoWriter(target, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
@@ -138,6 +187,7 @@ def parse_args(argv=None):
     source.add_argument("--video-input", help="a video file")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--opacity", type=float, default=0.5, help="overlay opacity")
+    parser.add_argument("--min-score", type=float, default=0.5, help="detection: lowest score kept and drawn")
     parser.add_argument("--test-resolution", default="",
                         help="resize protocol (native, fit_<W>x<H>, short_<N>); default: the config's first test set's")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
@@ -149,7 +199,10 @@ def main(argv=None) -> int:
     setup_logger(name="vlt")
     cfg = load_config(args.config_file, args.opts)
     os.makedirs(args.output, exist_ok=True)
-    demo = SemanticSegmentationDemo(cfg, args.opacity, args.test_resolution)
+    if cfg.INPUT.DATASET_MAPPER_NAME == "vltdet_lsj":  # a VLTDet config
+        demo = DetectionDemo(cfg, args.min_score)
+    else:
+        demo = SemanticSegmentationDemo(cfg, args.opacity, args.test_resolution)
     if args.video_input:
         return run_video(demo, args.video_input, args.output)
     files = list_inputs(args.input)
