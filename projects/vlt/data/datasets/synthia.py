@@ -17,7 +17,6 @@ and validate on.
 """
 import os
 
-from ..cityscapes_classes import SYNTHIA_16_TRAIN_IDS
 from .common import datasets_root, list_image_label_pairs, register_sem_seg, select_split_list
 
 __all__ = ["load_synthia", "register_synthia"]
@@ -42,12 +41,11 @@ def load_synthia(root: str = "", split_list: str = ""):
 
 
 def register_synthia():
-    """Register synthia_train (all images) and synthia_robustnet_{train,val} (RobustNet split lists); 19 train ids,
-    16-class protocol via metadata miou_16_train_ids."""
+    """Register synthia_train (all images) and synthia_robustnet_{train,val} (RobustNet split lists); 19 train ids
+    (the 16- / 13-class means of the targets come from TEST.MIOU_CLASS_SUBSETS)."""
     for name, loader in (
         ("synthia_train", load_synthia),
         ("synthia_robustnet_train", lambda: load_synthia(split_list="synthia_split_train.txt")),
         ("synthia_robustnet_val", lambda: load_synthia(split_list="synthia_split_val.txt")),
     ):
-        register_sem_seg(name, loader, TEST_RESOLUTIONS, miou_16_train_ids=list(SYNTHIA_16_TRAIN_IDS),
-                         dataset_folder="synthia")
+        register_sem_seg(name, loader, TEST_RESOLUTIONS, dataset_folder="synthia")
