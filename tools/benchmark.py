@@ -96,10 +96,11 @@ def benchmark_towers(names: List[str], size: int, device: torch.device, args) ->
 
 def benchmark_model(cfg: CfgNode, size: int, device: torch.device, args) -> List[Dict]:
     from vlt.engine import Trainer
+    from vlt.modeling.det import is_detection_config
 
     model = Trainer.build_model(cfg).to(device)
     optimizer = Trainer.build_optimizer(cfg, model)
-    detection = cfg.INPUT.DATASET_MAPPER_NAME == "vltdet_lsj"  # VLTDet: boxes instead of a label map
+    detection = is_detection_config(cfg)  # VLTDet: boxes instead of a label map
     batch = [synthetic_training_input(cfg, size, detection) for _ in range(args.batch)]
 
     def train_step():

@@ -35,6 +35,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from vlt.data.semantic_mapper import evaluation_resize_shape, resolve_test_resolution
 from vlt.data.transforms import CV2ResizeTransform
 from vlt.engine.checkpoint import build_model_for_evaluation
+from vlt.modeling.det import is_detection_config
 from vlt.utils.config import load_config
 
 logger = logging.getLogger("vlt.demo")
@@ -199,7 +200,7 @@ def main(argv=None) -> int:
     setup_logger(name="vlt")
     cfg = load_config(args.config_file, args.opts)
     os.makedirs(args.output, exist_ok=True)
-    if cfg.INPUT.DATASET_MAPPER_NAME == "vltdet_lsj":  # a VLTDet config
+    if is_detection_config(cfg):
         demo = DetectionDemo(cfg, args.min_score)
     else:
         demo = SemanticSegmentationDemo(cfg, args.opacity, args.test_resolution)

@@ -30,11 +30,11 @@ def build_train_mapper(cfg):
         from ..data import SemSegTrainMapper
 
         return SemSegTrainMapper(cfg, is_train=True)
-    if name == "vltdet_lsj":
-        from ..modeling.det import build_det_train_mapper
+    from ..modeling.det import DATASET_MAPPER_NAME, build_det_train_mapper, is_detection_config
 
+    if is_detection_config(cfg):
         return build_det_train_mapper(cfg)
-    raise ValueError(f"Unknown cfg.INPUT.DATASET_MAPPER_NAME '{name}' (expected 'sem_seg' or 'vltdet_lsj')")
+    raise ValueError(f"Unknown cfg.INPUT.DATASET_MAPPER_NAME '{name}' (expected 'sem_seg' or '{DATASET_MAPPER_NAME}')")
 
 
 class Trainer(DefaultTrainer):

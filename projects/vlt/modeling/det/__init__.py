@@ -10,11 +10,12 @@ from .loaders import (
     build_det_test_mapper,
     build_det_train_loader,
     build_det_train_mapper,
+    is_detection_config,
 )
 from .meta_arch import VLTGeneralizedRCNN
 
 __all__ = [
     "DATASET_MAPPER_NAME", "DET_METRICS", "VLTGeneralizedRCNN", "build_det_evaluator", "build_det_test_loader",
     "build_det_test_mapper", "build_det_train_loader", "build_det_train_mapper", "det_multi_target_table",
-    "write_det_multi_target_table",
+    "is_detection_config", "write_det_multi_target_table",
 ]

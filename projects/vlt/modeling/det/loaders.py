@@ -16,11 +16,16 @@ from detectron2.data import transforms as T
 
 from .evaluation import check_num_classes
 
-__all__ = ["DATASET_MAPPER_NAME", "build_det_train_mapper", "build_det_test_mapper", "build_det_train_loader",
-           "build_det_test_loader"]
+__all__ = ["DATASET_MAPPER_NAME", "is_detection_config", "build_det_train_mapper", "build_det_test_mapper",
+           "build_det_train_loader", "build_det_test_loader"]
 
 # cfg.INPUT.DATASET_MAPPER_NAME that selects :func:`build_det_train_mapper` in VLT's Trainer.
 DATASET_MAPPER_NAME = "vltdet_lsj"
+
+
+def is_detection_config(cfg) -> bool:
+    """Whether ``cfg`` is a VLTDet (box detection) config rather than a segmentation one."""
+    return cfg.INPUT.DATASET_MAPPER_NAME == DATASET_MAPPER_NAME
 
 
 def build_det_train_mapper(cfg) -> DatasetMapper:
