@@ -1,6 +1,7 @@
 """VLTCheckpointer: MODEL.WEIGHTS that do not fit the model fail, naming the file, instead of leaving random weights."""
 import pytest
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from vlt.data.demo_generator import generate_demo_dataset
@@ -98,7 +99,7 @@ def test_the_trainer_loads_and_saves_through_it(tmp_path, monkeypatch):
     assert periodic and all(h.checkpointer is trainer.checkpointer for h in periodic)
 
 
-def test_evaluation_fetches_the_pretrained_tower_only_when_the_checkpoint_lacks_it(tmp_path, tower_file):
+def test_evaluation_fetches_the_pretrained_tower_only_when_the_checkpoint_lacks_it(tmp_path, tower_file, monkeypatch):
     trained = tiny_model(extra=["MODEL.OPEN_CLIP.PRETRAINED", tower_file])
     with torch.no_grad():
         for p in trained.parameters():
@@ -111,8 +112,12 @@ def test_evaluation_fetches_the_pretrained_tower_only_when_the_checkpoint_lacks_
         return load_config("configs/Base-VLTSeg-Mask2Former.yaml",
                            [*TINY, "MODEL.WEIGHTS", weights, "MODEL.OPEN_CLIP.PRETRAINED", pretrained])
 
-    # A full checkpoint: the pretrained source is never opened (here it does not even exist).
+    # A full checkpoint: the pretrained source is never opened (here it does not even exist), the file read once.
+    reads = []
+    torch_load = DetectionCheckpointer._torch_load
+    monkeypatch.setattr(DetectionCheckpointer, "_torch_load", lambda self, f: reads.append(f) or torch_load(self, f))
     model = build_model_for_evaluation(config(full, str(tmp_path / "absent_tower.pt")), build_model)
+    assert reads == [full]
     for key, value in trained.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
     # A head-only checkpoint: the tower comes from PRETRAINED, the rest from the checkpoint.

@@ -10,7 +10,7 @@ not yet converted, a tower checkpoint given as MODEL.WEIGHTS) silently evaluates
   e.g. Mask2Former's free query embeddings when Rein's linked tokens replace them).
 """
 import logging
-from typing import Callable, List, Optional, Set
+from typing import Callable, List, Optional, Set, Tuple
 from urllib.parse import urlparse
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -33,6 +33,11 @@ def tower_key_prefixes(model: nn.Module, loaded_only: bool = False) -> List[str]
     return prefixes
 
 
+def _model_keys(checkpoint: dict) -> Set[str]:
+    """The model keys of a loaded checkpoint file, without a DistributedDataParallel "module." prefix."""
+    return {k[len("module."):] if k.startswith("module.") else k for k in checkpoint.get("model", {})}
+
+
 class VLTCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with the checks above; saving and resuming are unchanged."""
 
@@ -40,36 +45,44 @@ class VLTCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **checkpointables)
         self.strict_eval = strict_eval
         self._path: Optional[str] = None
+        self._peeked: Optional[Tuple[str, dict]] = None  # (local path, loaded file) from checkpoint_keys
 
     def checkpoint_keys(self, path: str) -> Set[str]:
-        """The model keys a checkpoint file holds (without loading it into the model)."""
+        """The model keys a checkpoint file holds (without loading it into the model). The file stays in memory
+        for the next :meth:`load` of the same path, so peeking and then loading reads it once."""
         parsed = urlparse(path)  # as DetectionCheckpointer.load: a "?matching_heuristics=True" query is allowed
+        local = self.path_manager.get_local_path(parsed._replace(query="").geturl())
         self._parsed_url_during_load = parsed
         try:
-            checkpoint = self._load_file(self.path_manager.get_local_path(parsed._replace(query="").geturl()))
+            checkpoint = super()._load_file(local)
         finally:
             self._parsed_url_during_load = None
-        return {k[len("module."):] if k.startswith("module.") else k for k in checkpoint.get("model", {})}
+        self._peeked = (local, checkpoint)
+        return _model_keys(checkpoint)
+
+    def _load_file(self, filename):
+        peeked, self._peeked = self._peeked, None
+        if peeked is not None and peeked[0] == filename:
+            return peeked[1]
+        return super()._load_file(filename)
 
     def load(self, path: str, checkpointables=None):
         self._path = path
         return super().load(path, checkpointables)
 
     def _load_model(self, checkpoint):
-        num_checkpoint_keys = len(checkpoint.get("model", {}))
-        first_checkpoint_keys = list(checkpoint.get("model", {}))[:5]
-        incompatible = super()._load_model(checkpoint)
         model_keys = list(self.model.state_dict())
-        missing = set(incompatible.missing_keys)
-        if num_checkpoint_keys and len(missing) == len(model_keys):
+        checkpoint_keys = _model_keys(checkpoint)
+        if checkpoint_keys and not checkpoint.get("matching_heuristics") and not checkpoint_keys & set(model_keys):
             raise ValueError(
-                f"Checkpoint '{self._path}' does not fit this model: none of its {num_checkpoint_keys} keys is a "
-                f"parameter of it (checkpoint keys: {first_checkpoint_keys}; model keys: {model_keys[:5]}). An "
-                "official Rein checkpoint needs tools/convert_rein_checkpoint.py first; open_clip tower weights go "
-                "in MODEL.OPEN_CLIP.PRETRAINED, not MODEL.WEIGHTS."
+                f"Checkpoint '{self._path}' does not fit this model: none of its {len(checkpoint_keys)} keys is a "
+                f"parameter of it (checkpoint keys: {sorted(checkpoint_keys)[:5]}; model keys: {model_keys[:5]}). "
+                "An official Rein checkpoint needs tools/convert_rein_checkpoint.py first; open_clip tower weights "
+                "go in MODEL.OPEN_CLIP.PRETRAINED, not MODEL.WEIGHTS."
             )
+        incompatible = super()._load_model(checkpoint)
         if self.strict_eval:
-            self._check_complete_for_evaluation(missing, incompatible.incorrect_shapes)
+            self._check_complete_for_evaluation(set(incompatible.missing_keys), incompatible.incorrect_shapes)
         return incompatible
 
     def _check_complete_for_evaluation(self, missing: set, incorrect_shapes) -> None:
