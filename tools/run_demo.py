@@ -13,7 +13,6 @@ demo_summary.json (mIoU per dataset, the mIoU of a constant guess for comparison
 """
 import argparse
 import json
-import logging
 import os
 import time
 
@@ -25,12 +24,14 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
+from vlt.data import build_sem_seg_test_loader
+from vlt.engine.demo import train_and_evaluate_demo
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
     "vltseg": os.path.join(REPO, "configs", "vltseg_demo.yaml"),
     "rein": os.path.join(REPO, "configs", "rein_demo.yaml"),
 }
-logger = logging.getLogger("vlt.demo")
 
 
 def constant_guess_miou(dataset_name: str) -> float:
@@ -48,8 +49,6 @@ def constant_guess_miou(dataset_name: str) -> float:
 
 def draw_overlays(cfg, model, dataset_name: str, out_dir: str, count: int) -> None:
     """``count`` PNGs per dataset: the image, its ground truth and the prediction side by side (3x upscaled)."""
-    from vlt.data import build_sem_seg_test_loader
-
     metadata = MetadataCatalog.get(dataset_name)
     os.makedirs(out_dir, exist_ok=True)
     model.eval()
@@ -82,25 +81,18 @@ def parse_args(argv=None):
     parser.add_argument("--overlays", type=int, default=6, help="overlay images per test set")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    args = parser.parse_args(argv)
-    if args.data_root and os.path.basename(os.path.abspath(args.data_root)) != "vlt_demo":
-        parser.error("--data-root must be a folder named vlt_demo (it is found as $DETECTRON2_DATASETS/vlt_demo)")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     setup_logger(name="detectron2")
     setup_logger(name="vlt")
-    if args.data_root:
-        os.environ["DETECTRON2_DATASETS"] = os.path.dirname(os.path.abspath(args.data_root))
-    import vlt  # noqa: F401  (after DETECTRON2_DATASETS is set; registers the datasets)
-    from vlt.engine.demo import train_and_evaluate_demo
 
     start = time.perf_counter()
     config_file = args.config_file or VARIANTS[args.variant]
     cfg, trainer, results, clock = train_and_evaluate_demo(
-        config_file, ["OUTPUT_DIR", args.output, *args.opts], args.threads
+        config_file, ["OUTPUT_DIR", args.output, *args.opts], args.threads, args.data_root
     )
     for name in cfg.DATASETS.TEST:
         draw_overlays(cfg, trainer.model, name, os.path.join(cfg.OUTPUT_DIR, "overlays", name), args.overlays)

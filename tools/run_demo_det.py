@@ -12,7 +12,6 @@ demo_det_summary.json (AP per dataset, seconds per training iteration).
 """
 import argparse
 import json
-import logging
 import os
 
 import numpy as np
@@ -23,14 +22,14 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
+from vlt.engine.demo import train_and_evaluate_demo
+from vlt.modeling.det import build_det_test_mapper
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-logger = logging.getLogger("vlt.demo_det")
 
 
 def draw_overlays(cfg, model, dataset_name: str, out_dir: str, count: int, min_score: float) -> None:
     """Side-by-side PNGs of ``count`` images: ground-truth boxes (left) and predicted boxes (right)."""
-    from vlt.modeling.det import build_det_test_mapper
-
     mapper = build_det_test_mapper(cfg)  # the same resize as the evaluation
     metadata = MetadataCatalog.get(dataset_name)
     os.makedirs(out_dir, exist_ok=True)
@@ -62,17 +61,9 @@ def main(argv=None) -> dict:
 
     setup_logger(name="detectron2")
     setup_logger(name="vlt")
-    if args.data_root:
-        root = os.path.abspath(args.data_root)
-        if os.path.basename(root) != "vlt_demo":
-            parser.error("--data-root must be a folder named vlt_demo (it is found as $DETECTRON2_DATASETS/vlt_demo)")
-        os.environ["DETECTRON2_DATASETS"] = os.path.dirname(root)
-    import vlt  # noqa: F401  (after DETECTRON2_DATASETS is set; registers the datasets)
-    from vlt.engine.demo import train_and_evaluate_demo
-
     # Trainer.test logs and saves the detection table (det_multi_target.{json,csv}).
     cfg, trainer, results, clock = train_and_evaluate_demo(
-        args.config_file, ["OUTPUT_DIR", args.output, *args.opts], min(torch.get_num_threads(), 2)
+        args.config_file, ["OUTPUT_DIR", args.output, *args.opts], min(torch.get_num_threads(), 2), args.data_root
     )
 
     for name in cfg.DATASETS.TEST:

@@ -19,14 +19,22 @@ logger = logging.getLogger(__name__)
 
 
 def train_and_evaluate_demo(
-    config_file: str, opts: Sequence[str] = (), threads: int = 2
+    config_file: str, opts: Sequence[str] = (), threads: int = 2, data_root: str = ""
 ) -> Tuple[CfgNode, Trainer, Dict, TrainingClock]:
-    """Generate $DETECTRON2_DATASETS/vlt_demo if missing, train ``config_file`` (+ ``opts``) from scratch on it, and
-    evaluate every DATASETS.TEST (Trainer.test logs and saves the multi-target table in OUTPUT_DIR).
+    """Generate the demo benchmark if missing, train ``config_file`` (+ ``opts``) from scratch on it, and evaluate
+    every DATASETS.TEST (Trainer.test logs and saves the multi-target table in OUTPUT_DIR).
 
-    Seeded from cfg.SEED as train_net.py's default_setup does, so a rerun gives the same figures. Returns the
-    config, the trainer (its model trained), the results per test set and the training clock.
+    ``data_root``: the benchmark's folder, named ``vlt_demo`` (it is found as $DETECTRON2_DATASETS/vlt_demo, which
+    this sets); default $DETECTRON2_DATASETS/vlt_demo. Seeded from cfg.SEED as train_net.py's default_setup does, so
+    a rerun gives the same figures. Returns the config, the trainer (its model trained), the results per test set
+    and the training clock.
     """
+    if data_root:
+        data_root = os.path.abspath(data_root)
+        if os.path.basename(data_root) != "vlt_demo":
+            raise ValueError(f"The demo data root must be a folder named vlt_demo (it is found as "
+                             f"$DETECTRON2_DATASETS/vlt_demo), got '{data_root}'")
+        os.environ["DETECTRON2_DATASETS"] = os.path.dirname(data_root)
     demo_root = os.path.join(datasets_root(), "vlt_demo")
     if ensure_demo_dataset(demo_root):  # seconds; skipped when a finished one is there
         logger.info(f"Generated the demo benchmark in {demo_root}")
