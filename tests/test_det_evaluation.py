@@ -112,3 +112,25 @@ def test_source_domain_rows_are_shown_but_not_averaged():
     assert table["mean"]["metrics"]["AP"] == pytest.approx(20.0)
     assert table["summary"]["AP50"]["mean"] == pytest.approx(30.0)
     assert table["summary"]["AP50"]["test_det_eval_source_val"] == 99.0
+
+
+def test_source_datasets_from_the_config_give_the_ap50_rpd(tmp_path):
+    # VLTDet's real-to-real table, BDD100K-trained row (mAP50): CS 46.6 / BDD 49.2 (source) / ACDC 34.5 ->
+    # mean over targets 40.55, rPD 40.55 / 49.2 x 100 = 82.42 (printed: 82.4).
+    metrics = {m: 0.0 for m in ("AP", "AP75", "APs", "APm", "APl")}
+    results = {
+        "cs": {"bbox": {**metrics, "AP": 25.0, "AP50": 46.6}},
+        "bdd": {"bbox": {**metrics, "AP": 28.0, "AP50": 49.2}},
+        "acdc": {"bbox": {**metrics, "AP": 18.0, "AP50": 34.5}},
+    }
+    text = write_det_multi_target_table(results, str(tmp_path), source_datasets=["bdd"])
+    assert "bdd (source)" in text
+    table = json.loads((tmp_path / "det_multi_target.json").read_text())
+    assert [r["source"] for r in table["rows"]] == [False, True, False]
+    assert table["summary"]["AP50"]["mean"] == pytest.approx(40.55)
+    assert table["summary"]["AP50"]["rPD"] == pytest.approx(82.418, abs=1e-3)
+    assert table["summary"]["AP"]["rPD"] == pytest.approx(21.5 / 28.0 * 100)
+    summary = list(csv.reader(open(tmp_path / "det_multi_target_summary.csv")))
+    assert summary[0] == ["metric", "cs", "bdd", "acdc", "mean", "rPD"]
+    with pytest.raises(ValueError, match="not among the evaluated test sets"):
+        det_multi_target_table(results, source_datasets=["bdd_val"])

@@ -319,6 +319,58 @@ def test_multi_target_table_accepts_a_single_datasets_results():
     assert table["summary"] == {"bdd_val": 42.0, "mean": 42.0}
 
 
+def test_source_rows_are_out_of_the_mean_and_give_the_rpd(tmp_path):
+    # VLTSeg's real-to-real table, Cityscapes-trained row: CS 85.0 (source) / BDD 66.0 / MV 77.2 / ACDC 73.3 ->
+    # mean over targets (66.0 + 77.2 + 73.3) / 3 = 72.1667, rPD 72.1667 / 85.0 x 100 = 84.90 (printed: 84.9).
+    results = {
+        "cityscapes_val": {"sem_seg": _metrics(85.0, 98.0, 90.0)},
+        "bdd100k_val": {"sem_seg": _metrics(66.0, 90.0, 20.0)},
+        "mapillary_val": {"sem_seg": _metrics(77.2, 92.0, 30.0)},
+        "acdc_val": {"sem_seg": _metrics(73.3, 88.0, 40.0), "sem_seg/fog": _metrics(70.0, 80.0, 10.0)},
+    }
+    text = write_multi_target_table(results, str(tmp_path), source_datasets=["cityscapes_val"])
+    assert "cityscapes_val (source)" in text and "rPD" in text
+    table = json.load(open(tmp_path / "multi_target.json"))
+    assert [r["source"] for r in table["rows"]] == [True, False, False, False, False]
+    assert table["mean"]["mIoU"] == pytest.approx((66.0 + 77.2 + 73.3) / 3)
+    assert table["mean"]["IoU"] == pytest.approx({"road": 90.0, "sky": 30.0})  # the fog row is no target either
+    assert table["summary"]["cityscapes_val"] == 85.0  # shown
+    assert table["summary"]["mean"] == pytest.approx(72.1667, abs=1e-4)
+    assert table["summary"]["rPD"] == pytest.approx(84.902, abs=1e-3) and round(table["summary"]["rPD"], 1) == 84.9
+    with open(tmp_path / "multi_target.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[1][0] == "cityscapes_val (source)" and rows[-1][:2] == ["mean over targets", "72.16666666666667"]
+    with open(tmp_path / "multi_target_summary.csv") as f:
+        header, values = list(csv.reader(f))
+    assert header == ["cityscapes_val", "bdd100k_val", "mapillary_val", "acdc_val", "mean", "rPD"]
+    assert float(values[-1]) == pytest.approx(84.902, abs=1e-3)
+
+
+@pytest.mark.parametrize("row, rpd", [  # the other printed real-to-real rows: (source, three targets) -> rPD
+    ((72.5, 78.9, 75.9, 71.3), 104.0), ((80.0, 78.8, 65.0, 74.1), 90.8), ((83.8, 81.6, 69.2, 74.2), 89.5),
+])
+def test_target_mean_and_rpd_reproduce_the_published_rows(row, rpd):
+    from vlt.evaluation.multi_target import target_mean_and_rpd
+
+    source, *targets = row
+    values = {"src": source, **{f"t{i}": v for i, v in enumerate(targets)}}
+    summary = target_mean_and_rpd(values, ["src"])
+    assert summary["mean"] == pytest.approx(sum(targets) / 3)
+    assert round(summary["rPD"], 1) == rpd
+    assert dict(target_mean_and_rpd(values, [])) == {"mean": pytest.approx(sum(row) / 4)}  # no source: no rPD
+    assert "rPD" not in target_mean_and_rpd(values, ["src", "t0"])  # two sources: no single reference
+
+
+def test_source_from_metadata_and_unknown_source_names(register_dataset):
+    name = register_dataset("vlt_test_multi_target_source_meta", [], domain="source")
+    results = {name: {"sem_seg": _metrics(60.0, 1.0, 2.0)}, "t1": {"sem_seg": _metrics(30.0, 1.0, 2.0)},
+               "t2": {"sem_seg": _metrics(40.0, 1.0, 2.0)}}
+    table = multi_target_table(results)
+    assert table["mean"]["mIoU"] == 35.0 and table["summary"]["rPD"] == pytest.approx(35.0 / 60.0 * 100)
+    with pytest.raises(ValueError, match=r"TEST.SOURCE_DATASETS names \['cityscapes_vall'\]"):
+        multi_target_table(results, source_datasets=["cityscapes_vall"])
+
+
 # ------------------------------------------------------------------------- class subsets (SYNTHIA 16 / 13)
 def _subset_hand_confusion():
     """19 classes: road 6 px (4 -> road, 2 -> sidewalk), sidewalk 2 (-> sidewalk), wall 2 (-> terrain), sky 4

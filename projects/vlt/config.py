@@ -155,6 +155,11 @@ def _add_test_config(cfg):
     # 19 classes without terrain, truck, train) and "synthia13" (also without wall, fence, pole), the
     # SYNTHIA -> Cityscapes protocols of UDA papers (e.g. FDA's release: mIoU16 / mIoU13). [] = 19-class mIoU only.
     cfg.TEST.MIOU_CLASS_SUBSETS = []
+    # Test sets holding source-domain data (e.g. ("cityscapes_val",) for a Cityscapes-trained model): shown in the
+    # multi-target tables (evaluation/multi_target.py), left out of the mean over targets, and the reference of the
+    # rPD (mean over targets / source score x 100, VLTSeg's real-to-real table). Datasets registered with metadata
+    # domain == "source" (the demo's source val) count as source sets too. Each name must be in DATASETS.TEST.
+    cfg.TEST.SOURCE_DATASETS = []
     # Test-server export (evaluation/export.py, SemSegSubmissionWriter) on a test (or val) split.
     cfg.TEST.EXPORT = CN()
     # Write the submission files during evaluation (tools/train_net.py --eval-only on a test split).

@@ -143,10 +143,12 @@ class Trainer(DefaultTrainer):
             if len(cfg.DATASETS.TEST) == 1 and not isinstance(results.get(cfg.DATASETS.TEST[0]), dict):
                 results = OrderedDict({cfg.DATASETS.TEST[0]: results})
             tasks = {task for r in results.values() if isinstance(r, dict) for task in r}
+            sources = list(cfg.TEST.SOURCE_DATASETS)  # shown, not averaged; the rPD's reference
             if any(task.split("/")[0] == "sem_seg" for task in tasks):
-                write_multi_target_table(OrderedDict(results), cfg.OUTPUT_DIR, dataset_names=list(cfg.DATASETS.TEST))
+                write_multi_target_table(OrderedDict(results), cfg.OUTPUT_DIR, dataset_names=list(cfg.DATASETS.TEST),
+                                         source_datasets=sources)
             if "bbox" in tasks:
-                write_det_multi_target_table(OrderedDict(results), cfg.OUTPUT_DIR)
+                write_det_multi_target_table(OrderedDict(results), cfg.OUTPUT_DIR, source_datasets=sources)
         return results
 
     # ------------------------------------------------------------------------------------------------ resume

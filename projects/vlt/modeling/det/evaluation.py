@@ -3,20 +3,21 @@
 Every test set is scored by :class:`~detectron2.evaluation.COCOEvaluator` (official pycocotools COCOeval by default:
 no compiled ops needed), which also writes the detections as COCO JSON (``coco_instances_results.json``) in the
 dataset's output folder. The table has a row per target (AP, AP50, AP75, APs, APm, APl and the AP of each class,
-COCO AP in %), a "mean over targets" row (test sets marked as source-domain data, metadata ``domain == "source"``,
-are shown but not averaged), and a summary line with AP and AP50 per target, as the segmentation
-side's table (:mod:`vlt.evaluation.multi_target`) does for mIoU; saved as ``det_multi_target.{json,csv}`` and
+COCO AP in %), a "mean over targets" row and a summary line with AP and AP50 per test set, their mean over targets
+and, with one source set evaluated, the rPD (headline: AP50, as VLTDet's real-to-real table). Source sets
+(TEST.SOURCE_DATASETS, or metadata ``domain == "source"``) are shown but not averaged: the segmentation table's
+mechanism (:mod:`vlt.evaluation.multi_target`). Saved as ``det_multi_target.{json,csv}`` and
 ``det_multi_target_summary.csv``.
 """
 import logging
 import math
 from collections import OrderedDict
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Collection, Dict, Mapping, Optional, Sequence
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 
-from ...evaluation.multi_target import save_table
+from ...evaluation.multi_target import row_label, save_table, source_rows, target_mean_and_rpd
 
 __all__ = [
     "DET_METRICS", "build_det_evaluator", "check_num_classes", "det_multi_target_table", "write_det_multi_target_table",
@@ -59,18 +60,15 @@ def _nanmean(values: Sequence[Optional[float]]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def _is_source_domain(dataset: str) -> bool:
-    """Whether a test set is marked as held-out *source* data (metadata ``domain == "source"``, e.g. the demo's
-    source val set): shown in the table, left out of the mean over targets."""
-    return dataset in MetadataCatalog.list() and MetadataCatalog.get(dataset).get("domain") == "source"
-
-
 def _is_det_metrics(value) -> bool:
     return isinstance(value, Mapping) and "AP" in value and "AP50" in value
 
 
 def det_multi_target_table(
-    results: Mapping[str, Mapping], task: str = "bbox", dataset_names: Optional[Sequence[str]] = None
+    results: Mapping[str, Mapping],
+    task: str = "bbox",
+    dataset_names: Optional[Sequence[str]] = None,
+    source_datasets: Collection[str] = (),
 ) -> Dict:
     """Rows of the detection table from ``{dataset: {"bbox": {AP, AP50, ..., "AP-<class>"}}}``.
 
@@ -79,10 +77,11 @@ def det_multi_target_table(
 
     Returns:
         {"classes": [...], "rows": [{"name", "source", "metrics": {AP, ...}, "AP": {class: value}}],
-         "mean": row or None, "summary": {"AP": {dataset: AP, "mean": value}, "AP50": {...}}}
+         "mean": row or None, "summary": {"AP": {dataset: AP, "mean": value[, "rPD": value]}, "AP50": {...}}}
     """
     if _is_det_metrics(results.get(task)):
         results = OrderedDict([(dataset_names[0] if dataset_names else "test", results)])
+    sources = source_rows(list(results), source_datasets)
     classes, rows = [], []
     for dataset, dataset_results in results.items():
         metrics = dataset_results.get(task) if isinstance(dataset_results, Mapping) else None
@@ -93,7 +92,7 @@ def det_multi_target_table(
         classes += [c for c in per_class if c not in classes]
         rows.append({
             "name": dataset,
-            "source": _is_source_domain(dataset),
+            "source": dataset in sources,
             "metrics": OrderedDict((m, float(metrics.get(m, float("nan")))) for m in DET_METRICS),
             "AP": per_class,
         })
@@ -110,7 +109,7 @@ def det_multi_target_table(
     summary = OrderedDict()
     for metric in ("AP", "AP50"):
         summary[metric] = OrderedDict((r["name"], r["metrics"][metric]) for r in rows)
-        summary[metric]["mean"] = _nanmean([r["metrics"][metric] for r in targets])
+        summary[metric].update(target_mean_and_rpd(summary[metric], sources))
     return {"classes": classes, "rows": rows, "mean": mean, "summary": summary}
 
 
@@ -120,16 +119,17 @@ def write_det_multi_target_table(
     task: str = "bbox",
     dataset_names: Optional[Sequence[str]] = None,
     basename: str = "det_multi_target",
+    source_datasets: Collection[str] = (),
 ) -> str:
     """Log the detection table and save it as JSON + CSV in ``output_dir``; returns the printed text."""
-    table = det_multi_target_table(results, task, dataset_names)
+    table = det_multi_target_table(results, task, dataset_names, source_datasets)
     if not table["rows"]:
         logger.info(f"detection table: no {task} results")
         return ""
     classes = table["classes"]
     header = ["dataset", *DET_METRICS] + [f"AP-{c}" for c in classes]
     body = [
-        [r["name"], *r["metrics"].values()] + [r["AP"].get(c, float("nan")) for c in classes]
+        [row_label(r), *r["metrics"].values()] + [r["AP"].get(c, float("nan")) for c in classes]
         for r in table["rows"] + ([table["mean"]] if table["mean"] else [])
     ]
     summary_header = ["metric", *table["summary"]["AP"]]
