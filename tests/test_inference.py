@@ -31,7 +31,7 @@ def position_dependent(x):
 
 
 def mmseg_slide_inference(logits_fn, img, num_classes, crop, stride):
-    """mmsegmentation's EncoderDecoder.slide_inference, transcribed (image at least as large as the crop)."""
+    """mmsegmentation's EncoderDecoder.slide_inference, transcribed."""
     h_stride, w_stride = stride
     h_crop, w_crop = crop
     batch_size, _, h_img, w_img = img.size()
@@ -90,17 +90,20 @@ def test_constant_model_gives_exactly_the_constant_at_every_pixel():
         assert torch.equal(scores, constant.view(1, K, 1, 1).expand(1, K, height, width))
 
 
-def test_images_smaller_than_crop_are_padded_and_cropped_back(pixel_conv):
+def test_windows_of_an_axis_shorter_than_the_crop_are_not_padded_up(pixel_conv):
     seen = []
 
     def logits_fn(x):
         seen.append(tuple(x.shape[-2:]))
-        return pixel_conv(x)
+        return position_dependent(x)
 
     images = torch.randn(1, 3, 10, 40)
-    scores = sliding_window_inference(logits_fn, images, K, (16, 16), (8, 8))
-    assert set(seen) == {(16, 16)}  # every window is exactly crop-sized
-    torch.testing.assert_close(scores, pixel_conv(images), rtol=1e-5, atol=1e-5)
+    scores = sliding_window_inference(logits_fn, images, K, (16, 16), (8, 8), windows_per_batch=2)
+    assert set(seen) == {(10, 16)}  # the short axis is passed whole, as mmseg passes it (no padding to 16)
+    reference = mmseg_slide_inference(position_dependent, images, K, (16, 16), (8, 8))
+    torch.testing.assert_close(scores, reference, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(sliding_window_inference(pixel_conv, images, K, (16, 16), (8, 8)), pixel_conv(images),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_whole_inference_pads_to_size_divisibility_and_resizes(pixel_conv):

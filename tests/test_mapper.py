@@ -121,9 +121,32 @@ def test_pad_to_crop_with_ignore_and_divisibility(tiny_dataset):
     assert (out["sem_seg"][:, 30:] == 255).all() and (out["image"][:, 20:] == 0).all()
     assert torch.equal(out["image"][:, :20, :30], torch.from_numpy(image).permute(2, 0, 1))
 
+    assert out["valid_hw"] == (20, 30)
+
     mapper = SemSegTrainMapper(make_cfg(name, SIZE_DIVISIBILITY=16))
     out = mapper(_record(name))
     assert out["sem_seg"].shape == (32, 32) and (out["sem_seg"][:, 30:] == 255).all()
+
+
+def test_crop_padding_becomes_the_pixel_mean_after_normalisation(tiny_dataset):
+    """Mapper -> segmentor seam: the padding of a crop smaller than CROP.SIZE is the normalised pixel mean (0), as
+    mmseg's data preprocessor pads after normalising, not black (0 before normalising = -mean / std)."""
+    from torch import nn
+
+    from vlt.modeling.meta_arch.segmentor_base import SemanticSegmentorBase
+
+    image = coordinate_image(20, 30)
+    name = tiny_dataset("vlt_test_mapper_pad_mean", [image], [np.full((20, 30), 3, np.uint8)])
+    out = SemSegTrainMapper(make_cfg(name, **{"CROP.ENABLED": True, "CROP.SIZE": (32, 40)}))(_record(name))
+    mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+    model = SemanticSegmentorBase(backbone=nn.Identity(), sem_seg_head=nn.Identity(), pixel_mean=mean,
+                                  pixel_std=std, size_divisibility=16)
+    images, labels = model.padded_batch([out])
+    assert images.shape == (1, 3, 32, 48) and labels.shape == (1, 32, 48)
+    assert (images[0, :, 20:] == 0).all() and (images[0, :, :, 30:] == 0).all() and (labels[0, :, 30:] == 255).all()
+    expected = (torch.from_numpy(image).permute(2, 0, 1).float() - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(
+        std).view(3, 1, 1)
+    torch.testing.assert_close(images[0, :, :20, :30], expected)
 
 
 def test_pad_centred_and_resize_famix_synthia_crop(tiny_dataset):
@@ -164,6 +187,17 @@ def test_resize_ratio_range_follows_mmseg_keep_ratio():
         t = aug.get_transform(np.zeros((100, 200, 3), np.uint8))
         ratios.append(t.new_h / 100)
     assert 0.5 <= min(ratios) < 0.7 and 1.8 < max(ratios) <= 2.0
+
+
+def test_fixed_resize_stretches_to_exactly_the_base_size(tiny_dataset):
+    """RESIZE_MODE "fixed" = mmseg 1.x Resize(scale=(w, h)) without keep_ratio: the aspect ratio is not kept."""
+    image = coordinate_image(40, 60)
+    label = np.zeros((40, 60), np.uint8)
+    label[:, 30:] = 7
+    name = tiny_dataset("vlt_test_mapper_fixed", [image], [label])
+    out = SemSegTrainMapper(make_cfg(name, RESIZE_MODE="fixed", RESIZE_BASE=(64, 32)))(_record(name))
+    assert out["image"].shape == (3, 32, 64) and out["sem_seg"].shape == (32, 64)
+    assert (out["sem_seg"][:, :32] == 0).all() and (out["sem_seg"][:, 32:] == 7).all()  # nearest, x 64/60
 
 
 def test_short_side_resize_and_label_nearest(tiny_dataset):

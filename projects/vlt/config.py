@@ -105,6 +105,7 @@ def _add_data_config(cfg):
     # Models take RGB 0..255 (open_clip towers); D2's default is BGR.
     cfg.INPUT.FORMAT = "RGB"
     # Random resize: "ratio_range" (mmseg Resize(scale=RESIZE_BASE, ratio_range=RESIZE_RATIO_RANGE, keep_ratio)),
+    # "fixed" (exactly RESIZE_BASE, aspect ratio not kept: mmseg 1.x Resize(scale=RESIZE_BASE) without keep_ratio),
     # "short_side" (short side from INPUT.MIN_SIZE_TRAIN, long side <= INPUT.MAX_SIZE_TRAIN), or "none".
     cfg.INPUT.RESIZE_MODE = "ratio_range"
     # (width, height) the ratio is applied to (mmseg DG recipes: (2048, 1024) Cityscapes, (1280, 720) GTA5).

@@ -1,8 +1,10 @@
 """Semantic-segmentation dataset mappers (train and test), label validation, and the test-resolution protocols.
 
-Train (mmseg order): random resize (ratio range around a base size, or short-side sizes) -> random crop with a
-maximum single-class ratio -> horizontal flip -> photometric distortion or colour jitter -> pad to the crop size
-(and a size divisibility) with ignore 255.
+Train (mmseg order): random resize (ratio range around a base size, a fixed size, or short-side sizes) -> random
+crop with a maximum single-class ratio -> horizontal flip -> photometric distortion or colour jitter -> pad to the
+crop size (and a size divisibility), labels with ignore 255; "valid_hw" records the image's size before padding,
+and the model sets the padded pixels to 0 after normalisation, i.e. to the pixel mean (mmseg's data preprocessor
+and Mask2Former pad after normalising too).
 
 Test: the image is resized to the dataset's evaluation resolution (a protocol picked by INPUT.TEST_RESOLUTION,
 see :func:`evaluation_resize_shape`) times INPUT.TEST_SCALE_FACTOR; "height"/"width" keep the size predictions are
@@ -25,6 +27,7 @@ from .label_conversion import read_label_map
 from .transforms import (
     ColorJitter,
     CV2ResizeTransform,
+    FixedSizeResize,
     PadCenteredAndResize,
     PhotometricDistortion,
     RandomCropCategoryMaxRatio,
@@ -185,11 +188,13 @@ def build_train_augmentations(cfg) -> List[T.Augmentation]:
     augs: List[T.Augmentation] = []
     if mode == "ratio_range":
         augs.append(RandomResizeRatioRange(cfg.INPUT.RESIZE_BASE, cfg.INPUT.RESIZE_RATIO_RANGE))
+    elif mode == "fixed":
+        augs.append(FixedSizeResize(cfg.INPUT.RESIZE_BASE))
     elif mode == "short_side":
         augs.append(RandomResizeShortSide(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
                                           cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING))
     elif mode != "none":
-        raise ValueError(f"cfg.INPUT.RESIZE_MODE must be 'ratio_range', 'short_side' or 'none', got '{mode}'")
+        raise ValueError(f"cfg.INPUT.RESIZE_MODE must be 'ratio_range', 'fixed', 'short_side' or 'none', got '{mode}'")
     if cfg.INPUT.CROP.ENABLED:
         if cfg.INPUT.CROP.TYPE != "absolute":
             raise ValueError(f"cfg.INPUT.CROP.TYPE must be 'absolute' (SIZE in pixels), got '{cfg.INPUT.CROP.TYPE}'")
@@ -215,7 +220,9 @@ def build_train_augmentations(cfg) -> List[T.Augmentation]:
 
 class SemSegTrainMapper:
     """Training mapper: dataset dict -> {"image": uint8 [3, H, W] (INPUT.FORMAT), "sem_seg": int64 [H, W] (255 =
-    ignore), "height", "width", "file_name", "image_id"}, where H, W = the crop size (padded) or the resized size."""
+    ignore), "valid_hw": (h, w) of the image inside the padding (top-left), "height", "width", "file_name",
+    "image_id"}, where H, W = the crop size (padded) or the resized size. The image's padding is 0 here; the model
+    overwrites it with the normalised pixel mean (0) after normalising (see ``valid_hw``)."""
 
     @configurable
     def __init__(self, is_train: bool = True, *, augmentations: Sequence[T.Augmentation], image_format: str = "RGB",
@@ -257,9 +264,11 @@ class SemSegTrainMapper:
         if self.size_divisibility > 0:
             div = self.size_divisibility
             target_h, target_w = -(-target_h // div) * div, -(-target_w // div) * div
+        valid_hw = tuple(image.shape[:2])
         image = _pad_bottom_right(np.ascontiguousarray(image), target_h, target_w, 0)
         label = _pad_bottom_right(np.ascontiguousarray(label), target_h, target_w, self.ignore_label)
         return {
+            "valid_hw": valid_hw,
             "file_name": dataset_dict["file_name"],
             "image_id": dataset_dict.get("image_id"),
             "height": height,

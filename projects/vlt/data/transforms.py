@@ -15,6 +15,7 @@ from detectron2.data.transforms import Augmentation, CropTransform, NoOpTransfor
 __all__ = [
     "CV2ResizeTransform",
     "RandomResizeRatioRange",
+    "FixedSizeResize",
     "RandomResizeShortSide",
     "RandomCropCategoryMaxRatio",
     "PadCenteredAndResize",
@@ -75,6 +76,19 @@ class RandomResizeRatioRange(Augmentation):
         height, width = image.shape[:2]
         ratio = np.random.uniform(*self.ratio_range)
         return _resize_by(height, width, keep_ratio_scale(height, width, (self.base[0] * ratio, self.base[1] * ratio)))
+
+
+class FixedSizeResize(Augmentation):
+    """mmseg ``Resize(scale=(w, h))`` without ``keep_ratio`` (mmseg 1.x's default): every image to exactly w x h,
+    the aspect ratio not kept (the public VLTSeg reimplementation's training resize: GTA5 1914x1052 -> 1280x720,
+    BDD100K 1280x720 -> 2048x1024, Mapillary any size -> 2048x1024)."""
+
+    def __init__(self, size_wh: Tuple[int, int]):
+        super().__init__()
+        self.width, self.height = (int(v) for v in size_wh)
+
+    def get_transform(self, image: np.ndarray) -> Transform:
+        return CV2ResizeTransform(image.shape[0], image.shape[1], self.height, self.width)
 
 
 class RandomResizeShortSide(Augmentation):

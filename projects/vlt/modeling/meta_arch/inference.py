@@ -119,12 +119,13 @@ def sliding_window_inference(
 ) -> torch.Tensor:
     """Scores [B, K, H, W] averaged over overlapping crop_size windows (mmseg ``slide_inference``).
 
-    Each window is exactly ``crop_size``: where the image is smaller than the crop, the window is
-    zero-padded at the bottom/right and its scores are cropped back. Scores are accumulated in float32 and
-    divided by the number of windows covering each pixel.
+    Windows are ``crop_size``, except along an axis shorter than the crop, where the one window is the whole axis
+    and is passed as it is (not padded up to the crop, as mmseg passes it; ``logits_fn`` pads to its own size
+    divisibility). All windows of an image have the same size. Scores are accumulated in float32 and divided by the
+    number of windows covering each pixel.
 
     Args:
-        logits_fn: normalized images [n, 3, crop_h, crop_w] -> scores [n, K, crop_h, crop_w].
+        logits_fn: normalized images [n, 3, h, w] -> scores [n, K, h, w] (h, w = the window size).
         images: [B, 3, H, W] normalized float.
         num_classes: K.
         crop_size, stride: (h, w) of the window and of the step between windows (stride <= crop).
@@ -133,8 +134,7 @@ def sliding_window_inference(
             axis; ``windows_per_batch * B`` crops per call). 1 reproduces mmseg's one-window-at-a-time loop.
     """
     batch, _, height, width = images.shape
-    crop_h, crop_w = _pair(crop_size, "crop_size")
-    rows, cols = sliding_window_grid(height, width, (crop_h, crop_w), stride)
+    rows, cols = sliding_window_grid(height, width, _pair(crop_size, "crop_size"), stride)
     windows = [(y0, y1, x0, x1) for (y0, y1) in rows for (x0, x1) in cols]
     if windows_per_batch < 1:
         raise ValueError(f"windows_per_batch must be >= 1, got {windows_per_batch}")
@@ -142,14 +142,13 @@ def sliding_window_inference(
     scores = images.new_zeros((batch, num_classes, height, width), dtype=torch.float32)
     for first in range(0, len(windows), windows_per_batch):
         group = windows[first : first + windows_per_batch]
-        crops = torch.cat(
-            [_pad_bottom_right(images[:, :, y0:y1, x0:x1], crop_h, crop_w) for (y0, y1, x0, x1) in group]
-        )  # [len(group) * B, 3, crop_h, crop_w], window-major
+        crops = torch.cat([images[:, :, y0:y1, x0:x1] for (y0, y1, x0, x1) in group])
+        # [len(group) * B, 3, min(crop_h, H), min(crop_w, W)], window-major
         crop_scores = _call(logits_fn, crops)
         if crop_scores.shape[1] != num_classes:
             raise ValueError(f"logits_fn returned {crop_scores.shape[1]} classes, expected {num_classes}")
         for i, (y0, y1, x0, x1) in enumerate(group):
-            scores[:, :, y0:y1, x0:x1] += crop_scores[i * batch : (i + 1) * batch, :, : y1 - y0, : x1 - x0]
+            scores[:, :, y0:y1, x0:x1] += crop_scores[i * batch : (i + 1) * batch]
 
     # Windows form a grid, so the coverage count of pixel (y, x) is (#row windows over y) * (#col windows over x).
     row_count = images.new_zeros(height, dtype=torch.float32)

@@ -84,10 +84,17 @@ class SemanticSegmentorBase(nn.Module):
 
     def padded_batch(self, batched_inputs: List[Dict]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Normalized images [B, 3, H, W] and labels [B, H, W] (padded with the ignore value), both padded to a
-        multiple of ``size_divisibility``."""
+        multiple of ``size_divisibility``. Padding is 0 after normalisation (the pixel mean), also where the mapper
+        padded a crop to the crop size (pixels outside an input's ``valid_hw``), as mmseg / Mask2Former pad."""
         if "sem_seg" not in batched_inputs[0]:
             raise KeyError("Training inputs need 'sem_seg' (use the semantic-segmentation train mapper)")
-        images = ImageList.from_tensors(self.normalize(batched_inputs), self.size_divisibility).tensor
+        normalized = self.normalize(batched_inputs)
+        for x, image in zip(batched_inputs, normalized):
+            if "valid_hw" in x:
+                height, width = x["valid_hw"]
+                image[:, height:, :] = 0.0
+                image[:, :, width:] = 0.0
+        images = ImageList.from_tensors(normalized, self.size_divisibility).tensor
         labels = ImageList.from_tensors(
             [x["sem_seg"].to(self.device) for x in batched_inputs], self.size_divisibility, pad_value=self.ignore_value
         ).tensor
