@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vlt.modeling.adapters.famix import PatchStyleMixer
 from vlt.modeling.adapters.style_mining import (
@@ -12,6 +13,7 @@ from vlt.modeling.adapters.style_mining import (
     StyleBank,
     ViTTapEmbedder,
     encode_prompts,
+    first_patch_of_each_class,
     load_famix_prompts,
     mine_patch_styles,
     split_patches,
@@ -40,11 +42,73 @@ def test_prompt_embedding_is_the_normalised_template_average():
     assert torch.allclose(emb[0], raw / raw.norm(), atol=1e-6)
 
 
-def test_split_patches_follows_the_grid():
+def test_split_patches_follows_the_grid_position_major():
     x = torch.arange(2 * 36, dtype=torch.float).view(2, 1, 6, 6)
-    patches = split_patches(x, 3)
+    patches = split_patches(x, 3)  # index position * B + image, as the release's unfold + permute
     assert patches.shape == (18, 1, 2, 2)
-    assert torch.equal(patches[5], x[0, :, 2:4, 4:6]) and torch.equal(patches[9], x[1, :, 0:2, 0:2])
+    assert torch.equal(patches[5], x[1, :, 0:2, 4:6]) and torch.equal(patches[8], x[0, :, 2:4, 2:4])
+    release = F.unfold(x, kernel_size=2, stride=2).permute(2, 0, 1).reshape(-1, 1, 2, 2)
+    assert torch.equal(patches, release)
+
+
+def test_first_patch_of_each_class():
+    classes = torch.tensor([4, 255, 4, 0, 255, 7, 0])
+    assert first_patch_of_each_class(classes).tolist() == [0, 1, 3, 5]
+
+
+class _MeanEmbedder(torch.nn.Module):
+    """Stub tower for selection tests: embedding = spatial mean of the patch through a fixed projection; records the
+    prefix tokens it is handed."""
+
+    embed_size = (2, 2)
+
+    def __init__(self, channels: int, dim: int):
+        super().__init__()
+        self.proj = torch.randn(channels, dim)
+        self.prefixes = []
+
+    def embed(self, x, prefix=None):
+        self.prefixes.append(prefix)
+        return x.mean((2, 3)) @ self.proj
+
+
+def _release_first_patches(features, labels, grid):
+    """The release's choice, written from patch_PIN.py / utils/PPIN.py: unfold features and labels, permute to
+    positions first (index position * B + image), mode of each label patch, first index of each distinct mode."""
+    k, kf = labels.shape[-1] // grid, features.shape[-1] // grid
+    lbl = F.unfold(labels[:, None].float(), kernel_size=k, stride=k).permute(2, 0, 1).reshape(-1, k * k)
+    most = [int(torch.mode(p).values) for p in lbl]
+    first = sorted(most.index(s) for s in set(most))
+    feats = F.unfold(features, kernel_size=kf, stride=kf).permute(2, 0, 1).reshape(-1, features.shape[1], kf, kf)
+    return [most[i] for i in first], feats[first]
+
+
+def test_two_image_batch_mines_each_class_from_the_release_patch():
+    """Image-major order would take class 1 from image 0 (bottom-right) and class 2 from image 0 (bottom-left); the
+    release's position-major order takes both from image 1 (top-left / top-right: earlier grid positions)."""
+    torch.manual_seed(0)
+    grid, b, c = 2, 2, 6
+    labels = torch.zeros(b, 8, 8, dtype=torch.long)  # 2 x 2 grid of 4 x 4 label patches
+    labels[0, 4:, 4:] = 1  # image 0: class 1 at position 3, class 2 at position 2
+    labels[0, 4:, :4] = 2
+    labels[1, :4, :4] = 1  # image 1: class 1 at position 0, class 2 at position 1
+    labels[1, :4, 4:] = 2
+    features = torch.randn(b, c, 4, 4)  # 2 x 2 feature patches of 2 x 2
+    prefix = torch.randn(b, 1, 3)
+    embedder = _MeanEmbedder(c, 5)
+    text = F.normalize(torch.randn(3, 2, 5), dim=-1)
+    result = mine_patch_styles(embedder, features, labels, text, F.normalize(torch.randn(5), dim=0), grid=grid,
+                               steps=0, prefix=prefix)  # no step: the mined (mu, sigma) are the patch's own
+    release_classes, release_patches = _release_first_patches(features, labels, grid)
+    assert result["classes"].tolist() == release_classes == [0, 1, 2]
+    mean = release_patches.mean((2, 3))
+    std = (release_patches.var((2, 3)) + 1e-5).sqrt()
+    assert torch.allclose(result["stats"][:, 0], mean) and torch.allclose(result["stats"][:, 1], std)
+    # Class 1: image 1's top-left patch, not image 0's bottom-right one (what image-major order picked).
+    assert torch.allclose(result["stats"][1, 0], features[1, :, :2, :2].mean((1, 2)))
+    assert not torch.allclose(result["stats"][1, 0], features[0, :, 2:, 2:].mean((1, 2)))
+    assert torch.allclose(result["stats"][2, 0], features[1, :, :2, 2:].mean((1, 2)))
+    assert torch.equal(embedder.prefixes[-1], prefix[[0, 1, 1]])  # each patch keeps its own image's prefix
 
 
 def test_mining_moves_the_patch_embedding_towards_the_prompt():
@@ -61,7 +125,8 @@ def test_mining_moves_the_patch_embedding_towards_the_prompt():
     ignore = torch.nn.functional.normalize(torch.randn(32), dim=0)
     result = mine_patch_styles(embedder, features, labels, text, ignore, grid=3, steps=30, lr=1.0,
                                one_patch_per_class=False, generator=torch.Generator().manual_seed(0))
-    assert result["classes"].tolist() == [0, 0, 1] * 3 + [0, 0, 1, 0, 0, 1, 255, 255, 255]
+    # position-major (position * B + image): image 1's bottom row is ignore-dominated
+    assert result["classes"].tolist() == [0, 0, 0, 0, 1, 1] * 2 + [0, 255, 0, 255, 1, 255]
     assert result["stats"].shape == (18, 2, 64)
     cos = result["cosine"]  # [31, 18]
     assert (cos[-1] > cos[0] + 0.05).all(), (cos[0], cos[-1])
@@ -134,3 +199,4 @@ def test_vit_mining_at_a_block_moves_the_embedding_towards_the_prompt():
     result = mine_patch_styles(embedder, features, labels, text, ignore, grid=2, steps=20, lr=1.0, relu=False,
                                prefix=prefix, one_patch_per_class=False)
     assert (result["cosine"][-1] > result["cosine"][0] + 0.05).all(), result["cosine"][[0, -1]]
+

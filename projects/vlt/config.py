@@ -321,7 +321,8 @@ def _add_famix_config(cfg):
     # Images per mining batch (release: 16) and crop (release: random 768 crops of the training set).
     cfg.MODEL.FAMIX.MINING.BATCH_SIZE = 16
     cfg.MODEL.FAMIX.MINING.CROP_SIZE = 768
-    # Release: one patch per distinct dominant class per batch (first occurrence); False = every patch.
+    # Release: per batch, one patch per distinct dominant class, the first in position-major order (grid position,
+    # then image: the earliest position over the batch); False = every patch.
     cfg.MODEL.FAMIX.MINING.ONE_PATCH_PER_CLASS = True
     # Restyled patches are resized to the tower's image size / 4 (56 x 56 for 224-pixel CLIP RN) before layer2.
     cfg.MODEL.FAMIX.MINING.RESIZE = True

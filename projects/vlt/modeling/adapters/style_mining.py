@@ -13,7 +13,7 @@ from .famix import EPS, IGNORE, dominant_patch_classes
 
 __all__ = [
     "PROMPTS_FILE", "ResNetTapEmbedder", "StyleBank", "ViTTapEmbedder", "encode_prompts", "load_famix_prompts",
-    "mine_patch_styles", "prompt_table", "split_patches",
+    "first_patch_of_each_class", "mine_patch_styles", "prompt_table", "split_patches",
 ]
 
 PROMPTS_FILE = os.path.join(os.path.dirname(__file__), "famix_prompts.json")
@@ -138,8 +138,10 @@ class ViTTapEmbedder(nn.Module):
 
 
 def split_patches(x: torch.Tensor, grid: int) -> torch.Tensor:
-    """The grid × grid patches of x [B, C, H, W] (borders as :func:`patch_index_map`), row-major per image:
-    [B * P, C, h, w]; unequal patches are resized bilinearly to the first patch's size."""
+    """The grid × grid patches of x [B, C, H, W] (borders as :func:`patch_index_map`) in the release's order,
+    position-major: patch ``position * B + image`` with positions row-major over the grid (release
+    ``utils/PPIN.py``: unfold, then permute to positions first). Unequal patches are resized bilinearly to the
+    first patch's size. Returns [P * B, C, h, w]."""
     h, w = x.shape[-2:]
     rows = [i * h // grid for i in range(grid + 1)]
     cols = [j * w // grid for j in range(grid + 1)]
@@ -151,7 +153,17 @@ def split_patches(x: torch.Tensor, grid: int) -> torch.Tensor:
             if p.shape[-2:] != size:
                 p = F.interpolate(p, size=size, mode="bilinear", align_corners=False)
             patches.append(p)
-    return torch.stack(patches, 1).flatten(0, 1)  # [B * P, C, h, w]
+    return torch.stack(patches, 0).flatten(0, 1)  # [P * B, C, h, w]
+
+
+def first_patch_of_each_class(classes: torch.Tensor) -> torch.Tensor:
+    """Indices of the first entry of each distinct value of classes [N], ascending: [K'] (release
+    ``patch_PIN.py``: ``most_list.index(s)`` for each distinct dominant class s)."""
+    values, inverse = torch.unique(classes, return_inverse=True)
+    n = len(classes)
+    first = torch.full((len(values),), n, dtype=torch.long, device=classes.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(n, device=classes.device), reduce="amin")
+    return first.sort().values
 
 
 def mine_patch_styles(
@@ -177,6 +189,9 @@ def mine_patch_styles(
     class_prompts: [K, S, D] normalised text embeddings ("<style> <class>"), ignore_prompt: [D] ("photo").
     ``relu``: ReLU after restyling (CLIP ResNet, as the release; off for ViT tokens). ``prefix``: [B, T, C] prefix
     tokens of the source images, handed to ``embedder.embed`` (ViT taps).
+    Patches are taken in the release's order, position-major (index ``position * B + image``); with
+    ``one_patch_per_class`` (release) only the first patch of each distinct dominant class in that order is mined,
+    so a class comes from its earliest grid position over the whole batch. Outputs follow that order.
     Each patch gets a random style of its dominant class; (μ, σ) start from the patch's own statistics and are
     optimised with SGD for ``steps`` steps on mean(1 - cos(image embedding of ReLU(restyled patch), text)).
     Returns {"classes": [N] (255 = ignore), "stats": [N, 2, C] (μ, σ), "cosine": [steps + 1, N] (cosine before
@@ -184,18 +199,15 @@ def mine_patch_styles(
     """
     num_classes, num_styles = class_prompts.shape[:2]
     features = features.detach().float()
-    b, c = features.shape[:2]
-    classes = dominant_patch_classes(labels, grid, num_classes).flatten()  # [B * P]
+    # Patches in the release's order, position-major: index position * B + image (see split_patches).
+    classes = dominant_patch_classes(labels, grid, num_classes).t().flatten()  # [P * B]
     keep = torch.arange(len(classes), device=classes.device)
-    if one_patch_per_class:  # release: the first patch (in batch order) of every distinct dominant class
-        first = {}
-        for index, cls in enumerate(classes.tolist()):
-            first.setdefault(cls, index)
-        keep = torch.tensor(sorted(first.values()), device=classes.device)
+    if one_patch_per_class:  # release: the first patch in that order of each distinct dominant class, i.e. the
+        keep = first_patch_of_each_class(classes)  # earliest grid position over the whole batch, then image
     classes = classes[keep]
     patches = split_patches(features, grid)[keep]  # [N, C, h, w]
     if prefix is not None:
-        prefix = prefix.detach().repeat_interleave(grid * grid, dim=0)[keep]  # [N, T, C]
+        prefix = prefix.detach().repeat(grid * grid, 1, 1)[keep]  # [P * B, T, C] -> [N, T, C]
     mean = patches.mean((2, 3), keepdim=True)
     std = (patches.var((2, 3), keepdim=True) + EPS).sqrt()
     content = (patches - mean) / std
