@@ -1,8 +1,12 @@
 """FAMix style mining: prompts, the mining loop on a random-init tiny CLIP, the bank file, tools/mine_styles.py."""
 import json
+import logging
+import os
 import runpy
 import sys
 
+import cv2
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -165,7 +169,9 @@ def test_mine_styles_tool_writes_and_resumes(tmp_path, make_cityscapes_split, re
             "--device", "cpu"]
     opts = ["MODEL.OPEN_CLIP.MODEL_NAME", "VLT-RN-Tiny", "MODEL.OPEN_CLIP.PRETRAINED", "",
             "MODEL.FAMIX.MINING.DATASET", name, "MODEL.FAMIX.MINING.STEPS", "2", "MODEL.FAMIX.MINING.BATCH_SIZE", "2",
-            "MODEL.FAMIX.MINING.CROP_SIZE", "48", "MODEL.FAMIX.MINING.PROMPTS_FILE", str(tmp_path / "prompts.json")]
+            "MODEL.FAMIX.MINING.CROP_SIZE", "48", "MODEL.FAMIX.MINING.PROMPTS_FILE", str(tmp_path / "prompts.json"),
+            "MODEL.FAMIX.MINING.DROP_LAST", "False"]
+    head.append("--allow-missing-classes")  # 2-3 tiny images do not hold all 19 classes
     monkeypatch.setattr(sys, "argv", head + ["--max-images", "2"] + opts)
     runpy.run_path("tools/mine_styles.py", run_name="__main__")
     data = torch.load(output, weights_only=False)
@@ -200,3 +206,103 @@ def test_vit_mining_at_a_block_moves_the_embedding_towards_the_prompt():
                                prefix=prefix, one_patch_per_class=False)
     assert (result["cosine"][-1] > result["cosine"][0] + 0.05).all(), result["cosine"][[0, -1]]
 
+
+def _mining_cfg(dataset, prompts_file, *extra):
+    return load_config("configs/famix_gta_rn50.yaml", [
+        "MODEL.OPEN_CLIP.MODEL_NAME", "VLT-RN-Tiny", "MODEL.OPEN_CLIP.PRETRAINED", "", "MODEL.FAMIX.MINING.DATASET",
+        dataset, "MODEL.FAMIX.MINING.STEPS", "1", "MODEL.FAMIX.MINING.BATCH_SIZE", "2",
+        "MODEL.FAMIX.MINING.CROP_SIZE", "48", "MODEL.FAMIX.MINING.PROMPTS_FILE", prompts_file, *extra])
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps({"styles": ["Urban Grit style"], "templates": ["a photo of a {}."],
+                                "ignore_prompt": "photo"}))
+    return str(path)
+
+
+def test_mine_styles_checks_every_input_before_loading_clip(tmp_path, monkeypatch, load_script, prompts_file,
+                                                            make_cityscapes_split, register_dataset):
+    tool = load_script("tools/mine_styles.py")
+
+    def no_clip(*args, **kwargs):
+        raise AssertionError("CLIP was loaded before the inputs were checked")
+
+    monkeypatch.setattr(tool, "build_open_clip_model", no_clip)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
+    gta = _mining_cfg("gta5_robustnet_train", prompts_file)
+    with pytest.raises(FileNotFoundError, match="dataset root .*gta5"):
+        tool.mine_styles(gta, str(tmp_path / "bank.pth"))
+    gta5 = tmp_path / "data" / "gta5"  # GTA5 present, RobustNet's split list not copied
+    for folder in ("images", "labels"):
+        os.makedirs(gta5 / folder)
+    for n in (1, 2):
+        cv2.imwrite(str(gta5 / "images" / f"{n:05d}.png"), np.zeros((8, 8, 3), np.uint8))
+        cv2.imwrite(str(gta5 / "labels" / f"{n:05d}_labelTrainIds.png"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(FileNotFoundError, match="gtav_split_train.txt' not found"):
+        tool.mine_styles(gta, str(tmp_path / "bank.pth"))
+
+    name = register_dataset("famix_test_checks", make_cityscapes_split(str(tmp_path / "cs"), "train", num_images=2))
+    cfg = _mining_cfg(name, prompts_file)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(PermissionError, match="not writable"):  # the output's folder cannot be created
+        tool.mine_styles(cfg, str(tmp_path / "a_file" / "bank.pth"))
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        tool.mine_styles(cfg, str(tmp_path))
+    (tmp_path / "broken.pth").write_bytes(b"PK\x03\x04 truncated")  # a bank to resume that is not readable
+    with pytest.raises(ValueError, match="broken.pth: cannot read this style bank"):
+        tool.mine_styles(cfg, str(tmp_path / "broken.pth"))
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        tool.mine_styles(_mining_cfg(name, str(tmp_path / "missing.json")), str(tmp_path / "bank.pth"))
+    assert not (tmp_path / "bank.pth").exists()
+
+
+def test_mine_styles_refuses_a_bank_with_missing_classes_and_warns_about_padding(
+        tmp_path, load_script, prompts_file, make_cityscapes_split, register_dataset, caplog):
+    tool = load_script("tools/mine_styles.py")
+    name = register_dataset("famix_test_padding", make_cityscapes_split(str(tmp_path / "cs"), "train", num_images=2,
+                                                                        size=(16, 24)))
+    output = tmp_path / "bank.pth"
+    cfg = _mining_cfg(name, prompts_file, "MODEL.FAMIX.MINING.CROP_SIZE", "96")  # 16 x 24 images: 96% padding
+    with caplog.at_level(logging.WARNING, logger="vlt.mine_styles"):
+        with pytest.raises(ValueError, match=r"no styles for 19 of 19 classes: 0 road, 1 sidewalk, .*18 bicycle; "
+                                             r"styles per class \{255: 1\} \(every mined patch was ignore-dominated"):
+            tool.mine_styles(cfg, str(output))
+    assert "is smaller than MODEL.FAMIX.MINING.CROP_SIZE 96: 96% of its crop is padding" in caplog.text
+    assert "2 of 2 mined crops were mostly padding" in caplog.text
+    assert torch.load(output, weights_only=False)["complete"] is False  # kept for a rerun, refused by training
+    with pytest.raises(ValueError, match="interrupted"):
+        PatchStyleMixer.from_file(str(output), num_classes=19)
+    bank = tool.mine_styles(cfg, str(output), allow_missing_classes=True)  # resumes: nothing left, then accepts
+    assert {k: len(v) for k, v in bank.banks().items()} == {255: 1}
+    assert torch.load(output, weights_only=False)["complete"] is True
+
+
+def test_drop_last_leaves_the_partial_batch_unmined_as_the_release(tmp_path, load_script, prompts_file,
+                                                                   make_cityscapes_split, register_dataset):
+    tool = load_script("tools/mine_styles.py")
+    name = register_dataset("famix_test_drop_last", make_cityscapes_split(str(tmp_path / "cs"), "train", num_images=3))
+    kept = tool.mine_styles(_mining_cfg(name, prompts_file), str(tmp_path / "a.pth"), allow_missing_classes=True)
+    assert len(kept.done_images) == 2  # 3 images, batches of 2: 3 mod 2 = 1 image not mined
+    mined = tool.mine_styles(_mining_cfg(name, prompts_file, "MODEL.FAMIX.MINING.DROP_LAST", "False"),
+                             str(tmp_path / "b.pth"), allow_missing_classes=True)
+    assert len(mined.done_images) == 3 and mined.done_images[:2] == kept.done_images
+
+
+def test_a_failed_bank_save_leaves_the_previous_file_and_names_it(tmp_path, monkeypatch):
+    path = tmp_path / "bank.pth"
+    bank = StyleBank({"grid": 3})
+    bank.add(torch.tensor([0]), torch.randn(1, 2, 4), ["a.png"])
+    bank.save(str(path), complete=False)
+    before = path.read_bytes()
+
+    def disk_full(obj, f, *args, **kwargs):  # writes part of the file, then fails as torch does on a full disk
+        f.write(b"PK partial")
+        raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    bank.add(torch.tensor([1]), torch.randn(1, 2, 4), ["b.png"])
+    with pytest.raises(OSError, match=f"could not write '{path}' .*PytorchStreamWriter failed.*unchanged"):
+        bank.save(str(path), complete=True)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["bank.pth"]

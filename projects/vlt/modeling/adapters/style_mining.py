@@ -3,6 +3,7 @@ CLIP feature map, optimise its channel-wise (μ, σ) so that the CLIP image embe
 towards the text embedding of "<style> <class name>". Used by tools/mine_styles.py; banks feed famix.py."""
 import json
 import os
+import pickle
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -13,7 +14,7 @@ from .famix import EPS, IGNORE, dominant_patch_classes
 
 __all__ = [
     "PROMPTS_FILE", "ResNetTapEmbedder", "StyleBank", "ViTTapEmbedder", "encode_prompts", "load_famix_prompts",
-    "first_patch_of_each_class", "mine_patch_styles", "prompt_table", "split_patches",
+    "first_patch_of_each_class", "mine_patch_styles", "prompt_table", "save_atomically", "split_patches",
 ]
 
 PROMPTS_FILE = os.path.join(os.path.dirname(__file__), "famix_prompts.json")
@@ -260,17 +261,40 @@ class StyleBank:
         return {k: torch.stack(v) for k, v in sorted(self.stats.items())}
 
     def save(self, path: str, complete: bool = True) -> None:
-        tmp = path + ".tmp"
-        torch.save({**self.metadata, "banks": self.banks(), "done_images": list(self.done_images),
-                    "complete": complete}, tmp)
-        os.replace(tmp, path)
+        """Write the bank atomically (a reader sees the previous file or the new one, never a partial one)."""
+        save_atomically({**self.metadata, "banks": self.banks(), "done_images": list(self.done_images),
+                         "complete": complete}, path)
 
     @classmethod
     def load(cls, path: str) -> "StyleBank":
-        data = torch.load(path, map_location="cpu", weights_only=False)
-        if "banks" not in data:
-            raise ValueError(f"{path}: not a FAMix style bank (no 'banks')")
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=False)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            raise ValueError(f"{path}: cannot read this style bank (truncated or not a torch file: {e}); delete it "
+                             "or pick another --output") from e
+        if not isinstance(data, dict) or "banks" not in data:
+            raise ValueError(f"{path}: not a FAMix style bank (no 'banks'); delete it or pick another --output")
         bank = cls({k: v for k, v in data.items() if k not in ("banks", "done_images", "complete")})
         bank.stats = {int(k): list(v) for k, v in data["banks"].items()}
         bank.done_images = list(data.get("done_images", []))
         return bank
+
+
+def save_atomically(obj, path: str) -> None:
+    """``torch.save(obj, path)`` through a temporary file in the same folder renamed over ``path``; on failure the
+    temporary file is removed, ``path`` is left as it was, and one OSError names the file and the cause.
+    (Local helper; a shared one for checkpoints and tables belongs in vlt.utils.)"""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, (OSError, RuntimeError)):  # torch's zip writer reports a full disk as RuntimeError
+            raise OSError(f"could not write '{path}' ({type(e).__name__}: {e}); the file there, if any, is "
+                          "unchanged") from e
+        raise
