@@ -83,7 +83,7 @@ def test_nothing_readable_fails(weights, tmp_path, load_script):
 
 
 def test_detection_configs_write_boxes_like_the_evaluation_path(tmp_path, load_script):
-    from vlt.modeling.det import build_det_test_mapper
+    from vlt.data import build_det_test_mapper
 
     config = os.path.join(REPO, "configs", "vltdet_demo.yaml")
     opts = ["MODEL.OPEN_CLIP.MODEL_NAME", "VLT-ViT-Tiny-16"]

@@ -8,7 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 
 import vlt  # noqa: F401  (registers VLTDet)
-from vlt.modeling.det import build_det_evaluator, det_multi_target_table, write_det_multi_target_table
+from vlt.evaluation import build_det_evaluator, det_multi_target_table, write_det_multi_target_table
 from vlt.utils.config import load_config
 
 NAME = "test_det_evaluation_toy"

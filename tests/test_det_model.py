@@ -14,8 +14,9 @@ from detectron2.utils.events import EventStorage
 from PIL import Image
 
 import vlt  # noqa: F401  (registers VLTDet)
+from vlt.data import build_det_train_mapper
 from vlt.modeling.backbone import get_vit, pixel_stats
-from vlt.modeling.det import VLTGeneralizedRCNN, build_det_train_mapper
+from vlt.modeling.det import VLTGeneralizedRCNN
 from vlt.solver import build_optimizer
 from vlt.utils.config import load_config
 
@@ -136,7 +137,7 @@ def test_class_count_mismatch_is_an_error():
     cfg = tiny_cfg("configs/vltdet_urbansyn.yaml", extra=["DATASETS.TRAIN", "('sim10k_car_train',)"])
     with pytest.raises(ValueError, match="sim10k_car_train has 1 classes.*NUM_CLASSES is 8"):
         build_det_train_mapper(cfg)
-    from vlt.modeling.det import build_det_evaluator
+    from vlt.evaluation import build_det_evaluator
 
     with pytest.raises(ValueError, match="cityscapes_car_val"):
         build_det_evaluator(cfg, "cityscapes_car_val")

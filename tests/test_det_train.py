@@ -67,7 +67,7 @@ def tiny_benchmark(tmp_path_factory):
 @pytest.mark.slow
 def test_short_training_lowers_loss_and_detects(tiny_benchmark, tmp_path):
     from vlt.engine import Trainer
-    from vlt.modeling.det import write_det_multi_target_table
+    from vlt.evaluation import write_det_multi_target_table
     from vlt.utils.config import load_config
 
     torch.manual_seed(0)

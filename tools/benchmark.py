@@ -95,8 +95,8 @@ def benchmark_towers(names: List[str], size: int, device: torch.device, args) ->
 
 
 def benchmark_model(cfg: CfgNode, size: int, device: torch.device, args) -> List[Dict]:
+    from vlt.data import is_detection_config
     from vlt.engine import Trainer
-    from vlt.modeling.det import is_detection_config
 
     model = Trainer.build_model(cfg).to(device)
     optimizer = Trainer.build_optimizer(cfg, model)

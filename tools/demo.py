@@ -32,10 +32,10 @@ from detectron2.structures import Instances
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from vlt.data import is_detection_config
 from vlt.data.semantic_mapper import evaluation_resize_shape, resolve_test_resolution
 from vlt.data.transforms import CV2ResizeTransform
 from vlt.engine.checkpoint import build_model_for_evaluation
-from vlt.modeling.det import is_detection_config
 from vlt.utils.config import load_config
 
 logger = logging.getLogger("vlt.demo")

@@ -22,8 +22,8 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
+from vlt.data import build_det_test_mapper
 from vlt.engine.demo import train_and_evaluate_demo
-from vlt.modeling.det import build_det_test_mapper
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

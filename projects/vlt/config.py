@@ -349,6 +349,6 @@ def _add_det_config(cfg):
     cfg.INPUT.LSJ.MIN_SCALE = 0.1
     cfg.INPUT.LSJ.MAX_SCALE = 2.0
     cfg.MODEL.VLTDET = CN()
-    # COCO evaluation (modeling/det/evaluation.py): COCO's official pure-Python COCOeval (False) or Detectron2's
+    # COCO evaluation (evaluation/det_evaluation.py): COCO's official pure-Python COCOeval (False) or Detectron2's
     # compiled fast implementation (True; needs detectron2's C++ extension, absent in a pure-Python install).
     cfg.MODEL.VLTDET.EVAL_FAST_IMPL = False

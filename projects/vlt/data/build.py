@@ -1,4 +1,4 @@
-"""Semantic-segmentation data loaders (Detectron2's loaders with VLT's mappers)."""
+"""Data loaders: Detectron2's loaders with VLT's mappers (semantic segmentation and detection)."""
 from typing import Callable, Optional
 
 from detectron2.data import (
@@ -8,9 +8,10 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 
+from .det_mapper import build_det_test_mapper
 from .semantic_mapper import SemSegTestMapper, SemSegTrainMapper
 
-__all__ = ["build_sem_seg_train_loader", "build_sem_seg_test_loader"]
+__all__ = ["build_sem_seg_train_loader", "build_sem_seg_test_loader", "build_det_test_loader"]
 
 
 def build_sem_seg_train_loader(cfg, mapper: Optional[Callable] = None):
@@ -29,3 +30,8 @@ def build_sem_seg_test_loader(cfg, dataset_name: str, mapper: Optional[Callable]
         DatasetCatalog.get(dataset_name), mapper=mapper or SemSegTestMapper(cfg, dataset_name),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
+
+
+def build_det_test_loader(cfg, dataset_name: str):
+    """Test loader of one registered detection dataset (batch 1, :func:`~vlt.data.det_mapper.build_det_test_mapper`)."""
+    return build_detection_test_loader(cfg, dataset_name, mapper=build_det_test_mapper(cfg))

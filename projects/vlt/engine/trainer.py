@@ -30,7 +30,7 @@ def build_train_mapper(cfg):
         from ..data import SemSegTrainMapper
 
         return SemSegTrainMapper(cfg, is_train=True)
-    from ..modeling.det import DATASET_MAPPER_NAME, build_det_train_mapper, is_detection_config
+    from ..data import DATASET_MAPPER_NAME, build_det_train_mapper, is_detection_config
 
     if is_detection_config(cfg):
         return build_det_train_mapper(cfg)
@@ -101,7 +101,7 @@ class Trainer(DefaultTrainer):
     def build_test_loader(cls, cfg, dataset_name):
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "sem_seg")
         if evaluator_type == "coco":
-            from ..modeling.det import build_det_test_loader
+            from ..data import build_det_test_loader
 
             return build_det_test_loader(cfg, dataset_name)
         from ..data import build_sem_seg_test_loader
@@ -114,7 +114,7 @@ class Trainer(DefaultTrainer):
         metadata = MetadataCatalog.get(dataset_name)
         evaluator_type = metadata.get("evaluator_type", "sem_seg")
         if evaluator_type == "coco":
-            from ..modeling.det import build_det_evaluator
+            from ..evaluation import build_det_evaluator
 
             return build_det_evaluator(cfg, dataset_name, output_folder)
         from ..evaluation import SemSegMIoUEvaluator, SemSegSubmissionWriter
@@ -137,8 +137,7 @@ class Trainer(DefaultTrainer):
         """Evaluate every test set, then print and save one table (a row per dataset) in OUTPUT_DIR."""
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and results:
-            from ..evaluation import write_multi_target_table
-            from ..modeling.det import write_det_multi_target_table
+            from ..evaluation import write_det_multi_target_table, write_multi_target_table
 
             if len(cfg.DATASETS.TEST) == 1 and not isinstance(results.get(cfg.DATASETS.TEST[0]), dict):
                 results = OrderedDict({cfg.DATASETS.TEST[0]: results})

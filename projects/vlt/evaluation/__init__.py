@@ -1,4 +1,5 @@
-"""VLT evaluation: mIoU over several targets, and test-server export."""
+"""VLT evaluation: mIoU and detection AP over several targets, and test-server export."""
+from .det_evaluation import DET_METRICS, build_det_evaluator, det_multi_target_table, write_det_multi_target_table
 from .export import (
     ACDC_CONDITIONS,
     CITYSCAPES_TRAIN_ID_TO_LABEL_ID,
@@ -32,4 +33,8 @@ __all__ = [
     "cityscapes_result_name",
     "acdc_condition",
     "image_condition",
+    "DET_METRICS",
+    "build_det_evaluator",
+    "det_multi_target_table",
+    "write_det_multi_target_table",
 ]

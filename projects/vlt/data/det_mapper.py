@@ -6,18 +6,11 @@ MAX_SCALE)``, :class:`~detectron2.data.transforms.FixedSizeCrop` to ``IMAGE_SIZE
 to a square, MODEL.OPEN_CLIP.PYRAMID_SQUARE_PAD); test images are resized with ``ResizeShortestEdge(MIN_SIZE_TEST,
 MAX_SIZE_TEST)`` (ViTDet: 1024, 1024 = longest edge 1024) and predictions mapped back to the original size.
 """
-from detectron2.data import (
-    DatasetMapper,
-    build_detection_test_loader,
-    build_detection_train_loader,
-    get_detection_dataset_dicts,
-)
+from detectron2.data import DatasetMapper, MetadataCatalog
 from detectron2.data import transforms as T
 
-from .evaluation import check_num_classes
-
-__all__ = ["DATASET_MAPPER_NAME", "is_detection_config", "build_det_train_mapper", "build_det_test_mapper",
-           "build_det_train_loader", "build_det_test_loader"]
+__all__ = ["DATASET_MAPPER_NAME", "is_detection_config", "check_num_classes", "build_det_train_mapper",
+           "build_det_test_mapper"]
 
 # cfg.INPUT.DATASET_MAPPER_NAME that selects :func:`build_det_train_mapper` in VLT's Trainer.
 DATASET_MAPPER_NAME = "vltdet_lsj"
@@ -26,6 +19,18 @@ DATASET_MAPPER_NAME = "vltdet_lsj"
 def is_detection_config(cfg) -> bool:
     """Whether ``cfg`` is a VLTDet (box detection) config rather than a segmentation one."""
     return cfg.INPUT.DATASET_MAPPER_NAME == DATASET_MAPPER_NAME
+
+
+def check_num_classes(cfg, dataset_name: str) -> None:
+    """Raise if the detector's class count differs from the dataset's (e.g. an 8-class model on a car-only set)."""
+    classes = MetadataCatalog.get(dataset_name).get("thing_classes")
+    if classes is None:
+        raise ValueError(f"{dataset_name} has no thing_classes metadata: not a detection dataset")
+    if len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        raise ValueError(
+            f"{dataset_name} has {len(classes)} classes {list(classes)} but cfg.MODEL.ROI_HEADS.NUM_CLASSES is "
+            f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES}: use a config made for it (car-only sets: configs/vltdet_sim10k.yaml)"
+        )
 
 
 def build_det_train_mapper(cfg) -> DatasetMapper:
@@ -61,16 +66,3 @@ def build_det_test_mapper(cfg) -> DatasetMapper:
         image_format=cfg.INPUT.FORMAT,
     )
 
-
-def build_det_train_loader(cfg):
-    """Infinite training loader over cfg.DATASETS.TRAIN with :func:`build_det_train_mapper` (D2's sampler)."""
-    dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-    return build_detection_train_loader(
-        dataset, mapper=build_det_train_mapper(cfg), total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
-        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING, num_workers=cfg.DATALOADER.NUM_WORKERS,
-    )
-
-
-def build_det_test_loader(cfg, dataset_name: str):
-    """Test loader of one registered detection dataset (batch 1, :func:`build_det_test_mapper`)."""
-    return build_detection_test_loader(cfg, dataset_name, mapper=build_det_test_mapper(cfg))

@@ -14,13 +14,13 @@ import math
 from collections import OrderedDict
 from typing import Collection, Dict, Mapping, Optional, Sequence
 
-from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 
-from ...evaluation.multi_target import row_label, save_table, source_rows, target_mean_and_rpd
+from ..data.det_mapper import check_num_classes
+from .multi_target import row_label, save_table, source_rows, target_mean_and_rpd
 
 __all__ = [
-    "DET_METRICS", "build_det_evaluator", "check_num_classes", "det_multi_target_table", "write_det_multi_target_table",
+    "DET_METRICS", "build_det_evaluator", "det_multi_target_table", "write_det_multi_target_table",
 ]
 
 logger = logging.getLogger(__name__)
@@ -41,18 +41,6 @@ def build_det_evaluator(cfg, dataset_name: str, output_dir: Optional[str] = None
         max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE, use_fast_impl=cfg.MODEL.VLTDET.EVAL_FAST_IMPL,
         allow_cached_coco=False,
     )
-
-
-def check_num_classes(cfg, dataset_name: str) -> None:
-    """Raise if the detector's class count differs from the dataset's (e.g. an 8-class model on a car-only set)."""
-    classes = MetadataCatalog.get(dataset_name).get("thing_classes")
-    if classes is None:
-        raise ValueError(f"{dataset_name} has no thing_classes metadata: not a detection dataset")
-    if len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-        raise ValueError(
-            f"{dataset_name} has {len(classes)} classes {list(classes)} but cfg.MODEL.ROI_HEADS.NUM_CLASSES is "
-            f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES}: use a config made for it (car-only sets: configs/vltdet_sim10k.yaml)"
-        )
 
 
 def _nanmean(values: Sequence[Optional[float]]) -> float:
