@@ -65,6 +65,46 @@ def test_no_weight_decay_keywords_and_frozen_parameters_are_skipped():
     assert "backbone.tower.visual.conv1.weight" not in got
 
 
+@pytest.mark.parametrize("tower, block_norms, pos_embed", [
+    ("VLT-ViT-Tiny-16", ("ln_1", "ln_2"), "backbone.tower.visual.positional_embedding"),
+    ("VLT-EVA02-Tiny-16", ("norm1", "norm2"), "backbone.tower.visual.trunk.pos_embed"),
+])
+def test_vltseg_reimpl_rules_put_the_necks_in_the_backbone_group_and_exempt_only_its_custom_keys(
+        tower, block_norms, pos_embed):
+    """SOLVER.PARAM_GROUP_RULES "vltseg_reimpl" = the reimplementation's mmseg custom keys (schedule_5k.py):
+    'backbone' lr_mult 0.1 (deconv necks included); no decay only on blocks.N.norm1/norm2, the final norm and
+    pos_embed in the backbone; norm_decay_mult 0 outside it; query / level embeddings no decay."""
+    cfg = _cfg(PARAM_GROUP_RULES="vltseg_reimpl", BACKBONE_MULTIPLIER=0.1,
+               NO_WEIGHT_DECAY_KEYWORDS=["query_embed"])
+    cfg.MODEL.OPEN_CLIP.MODEL_NAME = tower
+    cfg.MODEL.OPEN_CLIP.OUT_MODE, cfg.MODEL.OPEN_CLIP.OUT_INDICES = "taps", [0, 1, 2, 3]
+    cfg.MODEL.OPEN_CLIP.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.OPEN_CLIP.TAPS_RESAMPLE, cfg.MODEL.OPEN_CLIP.TAPS_NORM = "deconv", "BN"
+    model = TinySegmentor(cfg)
+    model.head_norm = torch.nn.GroupNorm(4, 64)
+    got = _lr_and_wd_by_name(model, build_optimizer_param_groups(cfg, model))
+    assert len(got) == sum(p.requires_grad for p in model.parameters())  # every parameter in exactly one group
+    backbone = {n: v for n, v in got.items() if n.startswith("backbone.")}
+    necks = {n: v for n, v in backbone.items() if not n.startswith("backbone.tower.")}
+    assert necks and any(".weight" in n and v[1] == 0.05 for n, v in necks.items())  # deconv weights decay
+    assert all(lr == pytest.approx(1e-5) for lr, _ in backbone.values())  # tower and necks: base LR x 0.1
+    exempt = {n for n, (_, wd) in backbone.items() if wd == 0.0}
+    blocks = model.backbone.tower.blocks
+    expected = {pos_embed} | {
+        n for n, p in model.named_parameters()
+        if any(p is q for b in blocks for name in block_norms for q in getattr(b, name).parameters())
+    }
+    assert exempt == expected and len(expected) == 1 + 2 * 2 * len(blocks)  # weight + bias of 2 norms per block
+    batch_norm = [n for n, m in model.backbone.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert batch_norm and all(got[f"backbone.{n}.weight"][1] == 0.05 for n in batch_norm)  # inside 'backbone'
+    if tower.startswith("VLT-ViT"):  # class token and ln_pre are not among the custom keys: they decay
+        assert got["backbone.tower.visual.class_embedding"][1] == got["backbone.tower.visual.ln_pre.weight"][1] == 0.05
+    assert got["head.weight"] == (pytest.approx(1e-4), 0.05) and got["head_norm.weight"][1] == 0.0
+    assert got["query_embed.weight"] == (pytest.approx(1e-4), 0.0)
+    with pytest.raises(ValueError, match="PARAM_GROUP_RULES"):
+        build_optimizer_param_groups(_cfg(PARAM_GROUP_RULES="mmseg"), model)
+
+
 def test_full_model_gradient_clipping_bounds_the_global_norm():
     cfg = _cfg(OPTIMIZER="SGD", BASE_LR=1.0, MOMENTUM=0.0, WEIGHT_DECAY=0.0)
     cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True

@@ -83,6 +83,12 @@ def _add_solver_config(cfg):
     cfg.SOLVER.NO_WEIGHT_DECAY_KEYWORDS = []
     # Weight decay of position / class embeddings (0 by default, as in timm and Mask2Former).
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # How parameters are grouped (solver/param_groups.py): "detectron2" (BACKBONE_MULTIPLIER on the pretrained
+    # tower only; no decay on every norm (WEIGHT_DECAY_NORM) and on position / class embeddings (WEIGHT_DECAY_EMBED))
+    # or "vltseg_reimpl" (the public VLTSeg reimplementation's mmseg custom keys: BACKBONE_MULTIPLIER on the whole
+    # backbone, tap resamplers / deconvolution necks included; in the backbone only the blocks' pre-norms, the final
+    # norm and the position embedding without decay; outside it norms get WEIGHT_DECAY_NORM).
+    cfg.SOLVER.PARAM_GROUP_RULES = "detectron2"
     # Poly schedule power (LR_SCHEDULER_NAME "WarmupPolyLR").
     cfg.SOLVER.POLY_LR_POWER = 0.9
     # Poly schedule floor: the LR never falls under BASE_LR × this.
