@@ -10,7 +10,6 @@ from vlt.data import (
     SemSegTestMapper,
     SemSegTrainMapper,
     build_sem_seg_test_loader,
-    build_sem_seg_train_loader,
     evaluation_resize_shape,
     resolve_test_resolution,
 )
@@ -21,6 +20,7 @@ from vlt.data.transforms import (
     RandomCropCategoryMaxRatio,
     RandomResizeRatioRange,
 )
+from vlt.engine import Trainer
 
 
 def make_cfg(name, **input_keys):
@@ -336,7 +336,7 @@ def test_loaders_batch_the_mapped_images(tiny_dataset):
     cfg = make_cfg(name, **{"CROP.ENABLED": True, "CROP.SIZE": (16, 16)})
     cfg.SOLVER.IMS_PER_BATCH = 2
     cfg.DATALOADER.NUM_WORKERS = 0
-    batch = next(iter(build_sem_seg_train_loader(cfg)))
+    batch = next(iter(Trainer.build_train_loader(cfg)))
     assert len(batch) == 2 and all(x["image"].shape == (3, 16, 16) for x in batch)
     cfg.INPUT.TEST_RESOLUTION = "native"
     outputs = list(build_sem_seg_test_loader(cfg, name))

@@ -10,7 +10,7 @@ about as large as real ones) to a temporary folder, then times, on the same file
 - train mapper: default VLT recipe (mmseg ratio resize around 2048x1024, 512x1024 crop with cat_max_ratio 0.75,
   flip, photometric distortion) + label check;
 - test mapper: "fit_1024x512" resize + label check;
-- train loader: ``build_sem_seg_train_loader`` with each ``--workers`` count (batch 2).
+- train loader: ``Trainer.build_train_loader`` (the loader training uses) with each ``--workers`` count (batch 2).
 """
 import argparse
 import json
@@ -25,9 +25,10 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from vlt import add_vlt_config
-from vlt.data import SemSegTestMapper, SemSegTrainMapper, build_sem_seg_train_loader
+from vlt.data import SemSegTestMapper, SemSegTrainMapper
 from vlt.data.cityscapes_classes import CLASSES
 from vlt.data.demo_generator import render_image
+from vlt.engine import Trainer
 
 NAME = "vlt_benchmark_loader"
 
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
         }
         for workers in args.workers:
             cfg.DATALOADER.NUM_WORKERS = workers
-            loader = iter(build_sem_seg_train_loader(cfg))
+            loader = iter(Trainer.build_train_loader(cfg))
             next(loader)  # start-up (worker processes) is not timed
             batches = max(args.num_images // 2, 4)
             start = time.perf_counter()

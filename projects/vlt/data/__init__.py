@@ -1,7 +1,7 @@
 """VLT data: dataset registrations (imported here, so ``import vlt`` registers them), mappers and loaders for
 semantic segmentation and detection."""
 from . import datasets  # noqa: F401  (registers the semantic-segmentation datasets)
-from .build import build_det_test_loader, build_sem_seg_test_loader, build_sem_seg_train_loader
+from .build import build_det_test_loader, build_sem_seg_test_loader
 from .det_mapper import (
     DATASET_MAPPER_NAME,
     build_det_test_mapper,
@@ -22,7 +22,6 @@ from .semantic_mapper import (
 __all__ = [
     "SemSegTrainMapper",
     "SemSegTestMapper",
-    "build_sem_seg_train_loader",
     "build_sem_seg_test_loader",
     "build_train_augmentations",
     "check_label_values",

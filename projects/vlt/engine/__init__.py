@@ -2,6 +2,9 @@
 from .checkpoint import VLTCheckpointer
 from .hooks import TrainingClock
 from .sampler import ResumableTrainingSampler
-from .trainer import Trainer, build_train_mapper
+from .trainer import RandomStatesAtCheckpoints, Trainer, build_ddp_model, build_step_trainer, build_train_mapper
 
-__all__ = ["ResumableTrainingSampler", "Trainer", "TrainingClock", "VLTCheckpointer", "build_train_mapper"]
+__all__ = [
+    "RandomStatesAtCheckpoints", "ResumableTrainingSampler", "Trainer", "TrainingClock", "VLTCheckpointer",
+    "build_ddp_model", "build_step_trainer", "build_train_mapper",
+]

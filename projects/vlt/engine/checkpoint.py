@@ -8,11 +8,16 @@ not yet converted, a tower checkpoint given as MODEL.WEIGHTS) silently evaluates
   shape, except a tower that loaded its own pretrained weights (MODEL.OPEN_CLIP.PRETRAINED; the loader marks it
   ``loaded_pretrained_weights``) and keys the model declares it does not need (``checkpoint_optional_keys()``,
   e.g. Mask2Former's free query embeddings when Rein's linked tokens replace them).
+
+Saving is Detectron2's, written atomically on a local disk (a temporary file renamed into place, the checkpoint then
+its ``last_checkpoint`` tag): a run killed while saving leaves the previous checkpoint and tag whole.
 """
 import logging
+import os
 from typing import Callable, List, Optional, Set, Tuple
 from urllib.parse import urlparse
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
@@ -38,8 +43,22 @@ def _model_keys(checkpoint: dict) -> Set[str]:
     return {k[len("module."):] if k.startswith("module.") else k for k in checkpoint.get("model", {})}
 
 
+def _write_atomically(path: str, write: Callable) -> None:
+    """``write(file)`` into a temporary file next to ``path``, then rename it to ``path`` (atomic on POSIX)."""
+    temporary = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(temporary, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
 class VLTCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` with the checks above; saving and resuming are unchanged."""
+    """``DetectionCheckpointer`` with the checks above and atomic saves; resuming is unchanged."""
 
     def __init__(self, model: nn.Module, save_dir: str = "", *, strict_eval: bool = False, **checkpointables):
         super().__init__(model, save_dir, **checkpointables)
@@ -65,6 +84,25 @@ class VLTCheckpointer(DetectionCheckpointer):
         if peeked is not None and peeked[0] == filename:
             return peeked[1]
         return super()._load_file(filename)
+
+    def save(self, name: str, **kwargs) -> None:
+        """fvcore's ``save`` (model, checkpointables and ``kwargs`` in ``<save_dir>/<name>.pth``, then the tag), each
+        file written atomically when ``save_dir`` is a local folder; other path managers save as fvcore does."""
+        if not (self.save_dir and self.save_to_disk and os.path.isdir(self.save_dir)):
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        save_file = os.path.join(self.save_dir, f"{name}.pth")
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        _write_atomically(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(os.path.basename(save_file))
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if not os.path.isdir(self.save_dir):
+            return super().tag_last_checkpoint(last_filename_basename)
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        _write_atomically(tag, lambda f: f.write(last_filename_basename.encode()))
 
     def load(self, path: str, checkpointables=None):
         self._path = path

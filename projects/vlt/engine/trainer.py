@@ -1,16 +1,21 @@
-"""VLT's Trainer: Detectron2's DefaultTrainer with VLT's data, evaluation, optimizer, AMP and resume behaviour."""
+"""VLT's Trainer: Detectron2's training loop and hooks, with the model, DDP wrapper, optimizer, schedule, step trainer
+(fp32 / bf16 / fp16) and checkpointer built here, each from the config; VLT's data, evaluation and resume behaviour."""
 import logging
 import os
 import random
+import weakref
 from collections import OrderedDict
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
+from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, hooks
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..solver import build_lr_scheduler, build_optimizer, trainable_parameter_report
 from .checkpoint import VLTCheckpointer
@@ -18,7 +23,7 @@ from .sampler import resumable_sampler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer"]
+__all__ = ["RandomStatesAtCheckpoints", "Trainer", "build_ddp_model", "build_step_trainer", "build_train_mapper"]
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,35 +42,135 @@ def build_train_mapper(cfg):
     raise ValueError(f"Unknown cfg.INPUT.DATASET_MAPPER_NAME '{name}' (expected 'sem_seg' or '{DATASET_MAPPER_NAME}')")
 
 
+def build_ddp_model(cfg, model: nn.Module) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel (options MODEL.DDP.*) when several processes train, else itself.
+    CUDA models get their process's device; CPU models (gloo) take no device ids."""
+    if comm.get_world_size() == 1:
+        return model
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    return DistributedDataParallel(
+        model, device_ids=[comm.get_local_rank()] if on_cuda else None,
+        broadcast_buffers=cfg.MODEL.DDP.BROADCAST_BUFFERS,
+        find_unused_parameters=cfg.MODEL.DDP.FIND_UNUSED_PARAMETERS,
+        gradient_as_bucket_view=cfg.MODEL.DDP.GRADIENT_AS_BUCKET_VIEW,
+    )
+
+
+def build_step_trainer(cfg, model: nn.Module, data_loader, optimizer) -> SimpleTrainer:
+    """The object that runs one training step: fp32 (:class:`SimpleTrainer`), or with SOLVER.AMP.ENABLED an
+    :class:`AMPTrainer` in SOLVER.AMP.DTYPE (bf16 without a gradient scaler; fp16 with one, also where the GPU has no
+    bf16). AMP without CUDA falls back to fp32 with a warning."""
+    if not cfg.SOLVER.AMP.ENABLED:
+        return SimpleTrainer(model, data_loader, optimizer)
+    if not torch.cuda.is_available():
+        logger.warning("SOLVER.AMP.ENABLED needs CUDA; training in fp32 on %s instead", cfg.MODEL.DEVICE)
+        return SimpleTrainer(model, data_loader, optimizer)
+    if cfg.SOLVER.AMP.DTYPE not in AMP_DTYPES:
+        raise ValueError(f"cfg.SOLVER.AMP.DTYPE must be one of {sorted(AMP_DTYPES)}: {cfg.SOLVER.AMP.DTYPE}")
+    dtype = AMP_DTYPES[cfg.SOLVER.AMP.DTYPE]
+    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        logger.warning("bfloat16 is not supported on this GPU; using float16 with a gradient scaler")
+        dtype = torch.float16
+    return AMPTrainer(model, data_loader, optimizer, precision=dtype,
+                      grad_scaler=torch.amp.GradScaler("cuda", enabled=dtype == torch.float16))
+
+
+# ---------------------------------------------------------------------------------------------- random streams
+def capture_random_states() -> Dict:
+    """This process's random streams (python, numpy, torch CPU, its CUDA device), as plain types and tensors
+    (fvcore reads checkpoints with ``torch.load(weights_only=True)``)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(), "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+    }
+
+
+def restore_random_states(states: Dict) -> None:
+    """Set this process's random streams to ``states`` (from :func:`capture_random_states`)."""
+    random.setstate(states["python"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+class RandomStatesAtCheckpoints(HookBase):
+    """Every process's random streams in the checkpoint, restored on resume.
+
+    At each iteration the checkpointer saves at (every SOLVER.CHECKPOINT_PERIOD, and the last), this hook, which runs
+    on every process just before the checkpointer, gathers each rank's streams to rank 0 (Detectron2's checkpointer
+    saves there only); its ``state_dict`` puts them in the checkpoint (``trainer.hooks``) as a list indexed by rank.
+    One file per checkpoint then holds the whole resume state: nothing per rank to keep in step with it, and a kill
+    while saving cannot pair a checkpoint with another iteration's streams. On resume every rank loads the checkpoint
+    and restores its own entry before the first step (a checkpoint of another world size: fresh streams, a warning).
+    """
+
+    def __init__(self, period: int):
+        self.period = period
+        self._gathered: Optional[List[Dict]] = None  # rank 0: every rank's states at self._iteration
+        self._iteration = -1
+        self._to_restore: Optional[Dict] = None
+
+    def before_train(self):
+        states, self._to_restore = self._to_restore, None
+        if states is not None:
+            restore_random_states(states)
+            logger.info("Restored the random streams of rank %d from the checkpoint", comm.get_rank())
+
+    def after_step(self):
+        iteration = self.trainer.iter
+        if (iteration + 1) % self.period == 0 or iteration >= self.trainer.max_iter - 1:
+            gathered = comm.gather(capture_random_states(), dst=0)  # a collective: every rank calls it here
+            self._gathered, self._iteration = (gathered or None), iteration
+
+    def state_dict(self):
+        if self._gathered is None or self._iteration != self.trainer.iter:
+            return {}
+        return {"iteration": self._iteration, "ranks": self._gathered}
+
+    def load_state_dict(self, state_dict):
+        ranks = state_dict["ranks"]
+        if len(ranks) != comm.get_world_size():
+            logger.warning("The checkpoint holds the random streams of %d processes, this run has %d: they start "
+                           "afresh (the data order and everything else resume)", len(ranks), comm.get_world_size())
+            return
+        self._to_restore = ranks[comm.get_rank()]
+
+
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with: VLT param groups and schedules, bf16/fp16 AMP, a resumable data order, test loaders
-    and evaluators picked per dataset, and one multi-target results table for all test sets."""
+    """Detectron2's trainer (loop, hooks, resume, evaluation) with VLT's parts, built explicitly in ``__init__``:
+    param groups and schedules, DistributedDataParallel from MODEL.DDP.*, bf16/fp16 AMP, a resumable data order,
+    every rank's random streams in the checkpoint, test loaders and evaluators picked per dataset, and one
+    multi-target results table for all test sets."""
 
     def __init__(self, cfg):
-        super().__init__(cfg)
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # setup_logger is not called for d2
+            setup_logger()
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = build_ddp_model(cfg, model)
+        self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         # MODEL.WEIGHTS that fit none of the model's keys fail instead of training from random values.
-        checkpointer = VLTCheckpointer(
-            self.checkpointer.model, cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
-        )
-        for hook in self._hooks:
-            if getattr(hook, "checkpointer", None) is self.checkpointer:
-                hook.checkpointer = checkpointer
-        self.checkpointer = checkpointer
-        if cfg.SOLVER.AMP.ENABLED and not torch.cuda.is_available():
-            logger.warning("SOLVER.AMP.ENABLED needs CUDA; training in fp32 on %s instead", cfg.MODEL.DEVICE)
-            self._trainer = SimpleTrainer(self._trainer.model, self._trainer.data_loader, self._trainer.optimizer)
-        elif cfg.SOLVER.AMP.ENABLED:
-            # D2 builds an fp16 AMPTrainer; honour SOLVER.AMP.DTYPE (bf16 needs no gradient scaler).
-            if cfg.SOLVER.AMP.DTYPE not in AMP_DTYPES:
-                raise ValueError(f"cfg.SOLVER.AMP.DTYPE must be one of {sorted(AMP_DTYPES)}: {cfg.SOLVER.AMP.DTYPE}")
-            dtype = AMP_DTYPES[cfg.SOLVER.AMP.DTYPE]
-            if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-                logger.warning("bfloat16 is not supported on this GPU; using float16 with a gradient scaler")
-                dtype = torch.float16
-            self._trainer = AMPTrainer(
-                self._trainer.model, self._trainer.data_loader, self._trainer.optimizer,
-                grad_scaler=torch.amp.GradScaler("cuda", enabled=dtype == torch.float16), precision=dtype,
-            )
+        self.checkpointer = VLTCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        """Detectron2's hooks, with :class:`RandomStatesAtCheckpoints` on every rank just before the checkpointer
+        (after PreciseBN, which draws from the streams)."""
+        hook_list = super().build_hooks()
+        first = next(i for i, h in enumerate(hook_list) if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook)))
+        hook_list.insert(first, RandomStatesAtCheckpoints(self.cfg.SOLVER.CHECKPOINT_PERIOD))
+        return hook_list
 
     # ------------------------------------------------------------------------------------------------- model
     @classmethod
@@ -85,6 +190,9 @@ class Trainer(DefaultTrainer):
     # -------------------------------------------------------------------------------------------------- data
     @classmethod
     def build_train_loader(cls, cfg):
+        """The training loader, for every task and tool (train_net, the demos, tools/benchmark_loader.py, tests):
+        cfg.DATASETS.TRAIN through :func:`build_train_mapper`, SOLVER.IMS_PER_BATCH images per step over all
+        processes, in the resumable order of :class:`ResumableTrainingSampler` (seeded by cfg.SEED)."""
         dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
         sampler = resumable_sampler(len(dataset), cfg.SEED)
         loader = build_detection_train_loader(
@@ -156,43 +264,20 @@ class Trainer(DefaultTrainer):
         sampler = getattr(self._trainer.data_loader, "vlt_sampler", None)
         if sampler is not None:
             state["data_sampler_seed"] = sampler.seed
-        if comm.get_world_size() == 1:
-            # One process: its random streams (augmentation, Mask2Former point sampling, dropout) are the run's
-            # whole randomness; with several processes only rank 0 saves, so they are not restored.
-            # Plain types and tensors only: fvcore reads checkpoints with torch.load(weights_only=True).
-            name, keys, pos, has_gauss, gauss = np.random.get_state()
-            state["rng_states"] = {
-                "python": random.getstate(), "torch": torch.get_rng_state(),
-                "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            }
         return state
 
     def load_state_dict(self, state_dict):
         seed: Optional[int] = state_dict.pop("data_sampler_seed", None)
-        self._rng_states = state_dict.pop("rng_states", None) if comm.get_world_size() == 1 else None
         super().load_state_dict(state_dict)
         sampler = getattr(self._trainer.data_loader, "vlt_sampler", None)
         if seed is not None and sampler is not None:
             sampler.set_seed(seed)
 
-    def _restore_rng_states(self):
-        states, self._rng_states = getattr(self, "_rng_states", None), None
-        if not states:
-            return
-        random.setstate(states["python"])
-        name, keys, pos, has_gauss, gauss = states["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-        torch.set_rng_state(states["torch"])
-        if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states["cuda"])
-        logger.info("Restored the random number generator states of the checkpoint")
-
     def train(self):
-        """Continue where the checkpoint left it: the data stream (same batches as an uninterrupted run) and, in
-        a single process, the random streams (then single-threaded CPU training resumes bit-identically)."""
+        """Continue where the checkpoint left it: the data stream (same batches as an uninterrupted run) and every
+        rank's random streams (RandomStatesAtCheckpoints); then deterministic CPU training, in one process or
+        several, resumes bit-identically."""
         sampler = getattr(self._trainer.data_loader, "vlt_sampler", None)
         if sampler is not None:
             sampler.set_start(self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH)
-        self._restore_rng_states()
         return super().train()
