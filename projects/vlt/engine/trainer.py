@@ -1,5 +1,6 @@
 """VLT's Trainer: Detectron2's training loop and hooks, with the model, DDP wrapper, optimizer, schedule, step trainer
 (fp32 / bf16 / fp16) and checkpointer built here, each from the config; VLT's data, evaluation and resume behaviour."""
+import inspect
 import logging
 import os
 import random
@@ -48,11 +49,15 @@ def build_ddp_model(cfg, model: nn.Module) -> nn.Module:
     if comm.get_world_size() == 1:
         return model
     on_cuda = next(model.parameters()).device.type == "cuda"
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        # torch >= 2.14 renames the option (broadcast_buffers is deprecated) and always syncs buffers at construction.
+        buffers = {"forward_sync_buffers": cfg.MODEL.DDP.BROADCAST_BUFFERS}
+    else:
+        buffers = {"broadcast_buffers": cfg.MODEL.DDP.BROADCAST_BUFFERS}
     return DistributedDataParallel(
         model, device_ids=[comm.get_local_rank()] if on_cuda else None,
-        broadcast_buffers=cfg.MODEL.DDP.BROADCAST_BUFFERS,
         find_unused_parameters=cfg.MODEL.DDP.FIND_UNUSED_PARAMETERS,
-        gradient_as_bucket_view=cfg.MODEL.DDP.GRADIENT_AS_BUCKET_VIEW,
+        gradient_as_bucket_view=cfg.MODEL.DDP.GRADIENT_AS_BUCKET_VIEW, **buffers,
     )
 
 
