@@ -15,7 +15,27 @@ from vlt.data import label_conversion as lc
 from vlt.data.datasets import SEM_SEG_DATASETS
 from vlt.data.semantic_mapper import read_sem_seg
 
-# Mapillary Vistas v1.2 "readable" class names, index = label id (the dataset's config.json).
+# Mapillary Vistas v1.2 class names ("name" field of the dataset's config.json), index = label id.
+MAPILLARY_V12_IDS = [
+    "animal--bird", "animal--ground-animal", "construction--barrier--curb", "construction--barrier--fence",
+    "construction--barrier--guard-rail", "construction--barrier--other-barrier", "construction--barrier--wall",
+    "construction--flat--bike-lane", "construction--flat--crosswalk-plain", "construction--flat--curb-cut",
+    "construction--flat--parking", "construction--flat--pedestrian-area", "construction--flat--rail-track",
+    "construction--flat--road", "construction--flat--service-lane", "construction--flat--sidewalk",
+    "construction--structure--bridge", "construction--structure--building", "construction--structure--tunnel",
+    "human--person", "human--rider--bicyclist", "human--rider--motorcyclist", "human--rider--other-rider",
+    "marking--crosswalk-zebra", "marking--general", "nature--mountain", "nature--sand", "nature--sky", "nature--snow",
+    "nature--terrain", "nature--vegetation", "nature--water", "object--banner", "object--bench", "object--bike-rack",
+    "object--billboard", "object--catch-basin", "object--cctv-camera", "object--fire-hydrant", "object--junction-box",
+    "object--mailbox", "object--manhole", "object--phone-booth", "object--pothole", "object--street-light",
+    "object--support--pole", "object--support--traffic-sign-frame", "object--support--utility-pole",
+    "object--traffic-light", "object--traffic-sign--back", "object--traffic-sign--front", "object--trash-can",
+    "object--vehicle--bicycle", "object--vehicle--boat", "object--vehicle--bus", "object--vehicle--car",
+    "object--vehicle--caravan", "object--vehicle--motorcycle", "object--vehicle--on-rails",
+    "object--vehicle--other-vehicle", "object--vehicle--trailer", "object--vehicle--truck",
+    "object--vehicle--wheeled-slow", "void--car-mount", "void--ego-vehicle", "void--unlabeled",
+]
+# Their "readable" names (same order).
 MAPILLARY_V12_NAMES = [
     "Bird", "Ground Animal", "Curb", "Fence", "Guard Rail", "Barrier", "Wall", "Bike Lane", "Crosswalk - Plain",
     "Curb Cut", "Parking", "Pedestrian Area", "Rail Track", "Road", "Service Lane", "Sidewalk", "Bridge", "Building",
@@ -40,9 +60,9 @@ def write_label(path, label):
     assert cv2.imwrite(str(path), np.asarray(label, np.uint8))
 
 
-def write_mapillary_config(root, names=MAPILLARY_V12_NAMES):
+def write_mapillary_config(root, ids=MAPILLARY_V12_IDS, readable=MAPILLARY_V12_NAMES):
     os.makedirs(root, exist_ok=True)
-    labels = [{"name": n.lower().replace(" ", "-"), "readable": n, "color": [0, 0, 0]} for n in names]
+    labels = [{"name": n, "readable": r, "color": [0, 0, 0]} for n, r in zip(ids, readable)]
     with open(os.path.join(root, "config.json"), "w") as f:
         json.dump({"labels": labels}, f)
 
@@ -297,6 +317,32 @@ def test_synthia_conversion(tmp_path):
     ]
 
 
+def _rein_by_readable_name(readable):
+    """The rule of Rein's tools/convert_datasets/mapillary2cityscape.py, restated: the readable name lower-cased
+    without spaces and dashes; an exact Cityscapes class name (also without spaces), else substrings in order."""
+    name = readable.lower().replace(" ", "").replace("-", "")
+    exact = {c.replace(" ", ""): c for c in cs.CLASSES}
+    if name in exact:
+        return exact[name]
+    rules = [(("trafficsign", "front", "back"), "traffic sign"), (("onrail",), "train"),
+             (("cyclist", "rider"), "rider"), (("pole", "streetlight"), "pole"),
+             (("curb", "pedestrianarea"), "sidewalk"),
+             (("crosswalkplain", "parking", "bikelane", "servicelane", "lanemarking"), "road")]
+    for keys, target in rules:
+        if any(k in name for k in keys):
+            return target
+    return None
+
+
+def test_mapillary_by_name_equals_reins_converter_on_all_66_classes(tmp_path):
+    write_mapillary_config(str(tmp_path))
+    by_name = lc.mapillary_by_name_lut(str(tmp_path / "config.json"))
+    for mapillary_id, readable in enumerate(MAPILLARY_V12_NAMES):
+        target = _rein_by_readable_name(readable)
+        assert by_name[mapillary_id] == (TRAIN[target] if target else 255), readable
+    assert by_name[9] == TRAIN["sidewalk"] and by_name[46] == TRAIN["traffic sign"] and by_name[47] == TRAIN["pole"]
+
+
 def test_mapillary_protocols_by_name_and_by_id(tmp_path):
     write_mapillary_config(str(tmp_path))
     by_name = lc.mapillary_by_name_lut(str(tmp_path / "config.json"))
@@ -305,10 +351,11 @@ def test_mapillary_protocols_by_name_and_by_id(tmp_path):
     cases = {
         13: ("road", "road"), 8: ("road", None), 10: ("road", None), 7: ("road", None), 14: ("road", None),
         23: ("road", None), 24: ("road", "road"), 41: (None, "road"), 2: ("sidewalk", "sidewalk"),
-        11: ("sidewalk", None), 15: ("sidewalk", "sidewalk"), 44: ("pole", None), 45: ("pole", "pole"),
-        47: (None, "pole"), 49: ("traffic sign", None), 50: ("traffic sign", "traffic sign"), 58: ("train", "train"),
-        20: ("rider", "rider"), 22: ("rider", "rider"), 55: ("car", "car"), 61: ("truck", "truck"), 0: (None, None),
-        65: (None, None), 27: ("sky", "sky"), 29: ("terrain", "terrain"), 48: ("traffic light", "traffic light"),
+        9: ("sidewalk", None), 11: ("sidewalk", None), 15: ("sidewalk", "sidewalk"), 44: ("pole", None),
+        45: ("pole", "pole"), 46: ("traffic sign", None), 47: ("pole", "pole"), 49: ("traffic sign", None),
+        50: ("traffic sign", "traffic sign"), 58: ("train", "train"), 20: ("rider", "rider"), 22: ("rider", "rider"),
+        55: ("car", "car"), 61: ("truck", "truck"), 0: (None, None), 65: (None, None), 27: ("sky", "sky"),
+        29: ("terrain", "terrain"), 48: ("traffic light", "traffic light"),
     }
     for mapillary_id, (name_a, name_b) in cases.items():
         assert by_name[mapillary_id] == (TRAIN[name_a] if name_a else 255), MAPILLARY_V12_NAMES[mapillary_id]
@@ -318,13 +365,21 @@ def test_mapillary_protocols_by_name_and_by_id(tmp_path):
 
 
 def test_mapillary_by_name_reads_names_from_config(tmp_path):
-    names = list(reversed(MAPILLARY_V12_NAMES))  # a different id order: the mapping must follow the names
-    write_mapillary_config(str(tmp_path), names)
+    order = list(range(len(MAPILLARY_V12_IDS)))[::-1]  # a different id order: the mapping must follow the names
+    ids, readable = [MAPILLARY_V12_IDS[i] for i in order], [MAPILLARY_V12_NAMES[i] for i in order]
+    write_mapillary_config(str(tmp_path), ids, readable)
     lut = lc.mapillary_by_name_lut(str(tmp_path / "config.json"))
-    assert lut[names.index("Road")] == TRAIN["road"] and lut[names.index("On Rails")] == TRAIN["train"]
+    assert lut[ids.index("construction--flat--road")] == TRAIN["road"]
+    assert lut[ids.index("object--vehicle--on-rails")] == TRAIN["train"]
     assert lut[13] == TRAIN["bicycle"]  # id 13 is "Bicycle" in this order (the real v1.2 "Road")
-    write_mapillary_config(str(tmp_path), [n for n in MAPILLARY_V12_NAMES if n != "Street Light"])
-    with pytest.raises(ValueError, match=r"street light"):
+    # The "readable" field is display text: renaming it changes nothing; a missing "name" is an error.
+    write_mapillary_config(str(tmp_path))
+    reference = lc.mapillary_by_name_lut(str(tmp_path / "config.json"))
+    write_mapillary_config(str(tmp_path), MAPILLARY_V12_IDS, [r.upper() + "!" for r in MAPILLARY_V12_NAMES])
+    assert np.array_equal(lc.mapillary_by_name_lut(str(tmp_path / "config.json")), reference)
+    kept = [i for i, n in enumerate(MAPILLARY_V12_IDS) if n != "object--street-light"]
+    write_mapillary_config(str(tmp_path), [MAPILLARY_V12_IDS[i] for i in kept], [MAPILLARY_V12_NAMES[i] for i in kept])
+    with pytest.raises(ValueError, match=r"object--street-light"):
         lc.mapillary_by_name_lut(str(tmp_path / "config.json"))
 
 
@@ -345,11 +400,38 @@ def test_prepare_mapillary_writes_both_protocols_and_half_copy(tmp_path):
     by_name = cv2.imread(str(root / "validation" / "labels_19" / "k1.png"), cv2.IMREAD_UNCHANGED)
     by_id = cv2.imread(str(root / "training" / "labels_19_robustnet" / "k1.png"), cv2.IMREAD_UNCHANGED)
     sign = t["traffic sign"]
-    assert by_name[::2, ::2].tolist() == [[t["road"], t["road"], 255, 255], [sign, sign, t["car"], 255]]
+    assert by_name[::2, ::2].tolist() == [[t["road"], t["road"], 255, t["pole"]], [sign, sign, t["car"], 255]]
     assert by_id[::2, ::2].tolist() == [[t["road"], 255, t["road"], t["pole"]], [sign, 255, t["car"], 255]]
     half = cv2.imread(str(root / "half" / "validation" / "labels_19" / "k1.png"), cv2.IMREAD_UNCHANGED)
     assert half.shape == (2, 4) and half.tolist() == by_name[::2, ::2].tolist()
     assert cv2.imread(str(root / "half" / "validation" / "images" / "k1.jpg")).shape == (2, 4, 3)
+
+
+def test_prepare_mapillary_protocols_stand_alone(tmp_path):
+    """A config.json the by-name table does not fit (here: v2.0-style names) stops only the by-name labels: the by-id
+    labels are written, then the script exits with the by-name error; --protocol by_id needs no config.json."""
+    from importlib import util
+
+    spec = util.spec_from_file_location("prepare_mapillary", "datasets/prepare_mapillary.py")
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    root = tmp_path / "mapillary_vistas"
+    write_mapillary_config(str(root), [n + "--v2" for n in MAPILLARY_V12_IDS])
+    label = np.array([[13, 47], [50, 65]], np.uint8)
+    for split in ("training", "validation"):
+        write_image(root / split / "images" / "k1.jpg", 2, 2, 100)
+        write_label(root / split / "labels" / "k1.png", label)
+    with pytest.raises(SystemExit, match=r"by-name labels \(labels_19\) not written: .*construction--flat--road"):
+        module.main(["--root", str(root), "--workers", "1", "--half"])
+    t = TRAIN
+    for split in ("training", "validation"):
+        by_id = cv2.imread(str(root / split / "labels_19_robustnet" / "k1.png"), cv2.IMREAD_UNCHANGED)
+        assert by_id.tolist() == [[t["road"], t["pole"]], [t["traffic sign"], 255]]
+        assert not (root / split / "labels_19").exists()
+    os.remove(root / "config.json")
+    module.main(["--root", str(root), "--workers", "1", "--protocol", "by_id", "--overwrite"])
+    with pytest.raises(SystemExit, match="No config.json"):
+        module.main(["--root", str(root), "--workers", "1", "--protocol", "by_name"])
 
 
 def _check_datasets_tool():

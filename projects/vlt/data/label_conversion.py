@@ -48,20 +48,30 @@ _SYNTHIA_TO_NAME = {
     19: "bus", 20: "train", 12: "motorcycle", 11: "bicycle",
 }
 
-# Mapillary Vistas v1.2 -> 19 classes by class name (mmseg / Rein protocol), keyed by the "readable" names of the
-# dataset's config.json (matched case-insensitively).
+# Mapillary Vistas v1.2 -> 19 classes by class name (mmseg / Rein protocol), keyed by the stable "name" field of the
+# dataset's config.json. Rein's converter (w1oves/Rein tools/convert_datasets/mapillary2cityscape.py) matches the
+# "readable" names lower-cased without spaces and dashes: an exact Cityscapes class name, else by substring in this
+# order: "trafficsign" / "front" / "back" -> traffic sign, "onrail" -> train, "cyclist" / "rider" -> rider,
+# "pole" / "streetlight" -> pole, "curb" / "pedestrianarea" -> sidewalk, "crosswalkplain" / "parking" / "bikelane"
+# / "servicelane" / "lanemarking" -> road; everything else ignored. Applied to the 66 v1.2 classes this gives the
+# table below (34 classes), e.g. Curb Cut -> sidewalk, Traffic Sign Frame -> traffic sign, Utility Pole -> pole.
 MAPILLARY_19_BY_NAME: Dict[str, str] = {
-    "road": "road", "crosswalk - plain": "road", "parking": "road", "bike lane": "road", "service lane": "road",
-    "lane marking - crosswalk": "road", "lane marking - general": "road",
-    "sidewalk": "sidewalk", "curb": "sidewalk", "pedestrian area": "sidewalk",
-    "building": "building", "wall": "wall", "fence": "fence",
-    "pole": "pole", "street light": "pole",
-    "traffic light": "traffic light",
-    "traffic sign (front)": "traffic sign", "traffic sign (back)": "traffic sign",
-    "vegetation": "vegetation", "terrain": "terrain", "sky": "sky", "person": "person",
-    "bicyclist": "rider", "motorcyclist": "rider", "other rider": "rider",
-    "car": "car", "truck": "truck", "bus": "bus", "on rails": "train", "motorcycle": "motorcycle",
-    "bicycle": "bicycle",
+    "construction--flat--road": "road", "construction--flat--crosswalk-plain": "road",
+    "construction--flat--parking": "road", "construction--flat--bike-lane": "road",
+    "construction--flat--service-lane": "road", "marking--crosswalk-zebra": "road", "marking--general": "road",
+    "construction--barrier--curb": "sidewalk", "construction--flat--curb-cut": "sidewalk",
+    "construction--flat--sidewalk": "sidewalk", "construction--flat--pedestrian-area": "sidewalk",
+    "construction--structure--building": "building", "construction--barrier--wall": "wall",
+    "construction--barrier--fence": "fence",
+    "object--support--pole": "pole", "object--support--utility-pole": "pole", "object--street-light": "pole",
+    "object--traffic-light": "traffic light",
+    "object--traffic-sign--front": "traffic sign", "object--traffic-sign--back": "traffic sign",
+    "object--support--traffic-sign-frame": "traffic sign",
+    "nature--vegetation": "vegetation", "nature--terrain": "terrain", "nature--sky": "sky", "human--person": "person",
+    "human--rider--bicyclist": "rider", "human--rider--motorcyclist": "rider", "human--rider--other-rider": "rider",
+    "object--vehicle--car": "car", "object--vehicle--truck": "truck", "object--vehicle--bus": "bus",
+    "object--vehicle--on-rails": "train", "object--vehicle--motorcycle": "motorcycle",
+    "object--vehicle--bicycle": "bicycle",
 }
 
 # Mapillary Vistas v1.2 ids -> 19 classes, RobustNet / FAMix protocol (RobustNet datasets/mapillary.py).
@@ -85,7 +95,8 @@ SYNTHIA_ID_TO_TRAIN_ID = lut_from_mapping(_SYNTHIA_TO_NAME)
 
 
 def mapillary_class_names(config_path: str) -> List[str]:
-    """Class names of a Mapillary Vistas ``config.json`` (index = label id), from each label's "readable" name."""
+    """Class names of a Mapillary Vistas ``config.json`` (index = label id): each label's stable "name" field
+    (e.g. "construction--flat--curb-cut"; the "readable" one is for display)."""
     if not os.path.isfile(config_path):
         raise FileNotFoundError(
             f"Mapillary class list '{config_path}' not found: it ships in the dataset root of the official archive "
@@ -93,14 +104,15 @@ def mapillary_class_names(config_path: str) -> List[str]:
         )
     with open(config_path) as f:
         labels = json.load(f).get("labels")
-    if not labels or any("readable" not in label for label in labels):
-        raise ValueError(f"{config_path}: expected {{'labels': [{{'readable': <name>, ...}}, ...]}} (Mapillary v1.2)")
-    return [label["readable"] for label in labels]
+    if not labels or any("name" not in label for label in labels):
+        raise ValueError(f"{config_path}: expected {{'labels': [{{'name': <name>, ...}}, ...]}} (Mapillary v1.2)")
+    return [label["name"] for label in labels]
 
 
 def mapillary_by_name_lut(config_path: str) -> np.ndarray:
-    """Mapillary id -> train id table of the by-name protocol (mmseg / Rein), with names read from config.json."""
-    names = [name.strip().lower() for name in mapillary_class_names(config_path)]
+    """Mapillary id -> train id table of the by-name protocol (mmseg / Rein), with the ids of the class names read
+    from config.json; ValueError if a mapped v1.2 name is missing (another version's config.json)."""
+    names = mapillary_class_names(config_path)
     missing = sorted(set(MAPILLARY_19_BY_NAME) - set(names))
     if missing:
         raise ValueError(f"{config_path}: Mapillary v1.2 classes {missing} not found; is this the v1.2 config.json?")
