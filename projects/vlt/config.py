@@ -25,19 +25,32 @@ def add_vlt_config(cfg):
 
 def _add_backbone_config(cfg):
     """open_clip vision towers as D2 backbones (modeling/backbone/)."""
+    # Every key of the ViT tower lives in this node, whichever library provides the tower (the node is named after
+    # the first source; the backbone, Rein and FAMix read the same keys for both).
     cfg.MODEL.OPEN_CLIP = CN()
-    # open_clip model name (ViT-B-16, ViT-L-14, ViT-L-14-336, EVA02-B-16, EVA02-L-14, EVA02-L-14-336, RN50,
-    # RN101, or a VLT test config such as VLT-ViT-Tiny-16 / VLT-EVA02-Tiny-16).
+    # Library the ViT tower comes from: "open_clip" (CLIP / EVA02-CLIP) or "timm" (vision-only towers: DINOv2, DeiT III,
+    # supervised ImageNet-21k ViT, SAM's encoder, MoCo v3 from a local file; modeling/backbone/timm_loader.py).
+    cfg.MODEL.OPEN_CLIP.SOURCE = "open_clip"
+    # Model name in that library. open_clip: ViT-B-16, ViT-L-14, ViT-L-14-336, EVA02-B-16, EVA02-L-14, EVA02-L-14-336,
+    # RN50, RN101, or a VLT test config such as VLT-ViT-Tiny-16 / VLT-EVA02-Tiny-16. timm: e.g.
+    # vit_large_patch14_dinov2, vit_large_patch14_reg4_dinov2, deit3_large_patch16_224, vit_large_patch16_224,
+    # samvit_large_patch16, or a VLT test tower vlt_tiny_*.
     cfg.MODEL.OPEN_CLIP.MODEL_NAME = "EVA02-L-14"
-    # Tower weights: "" (random init), an open_clip pretrained tag (e.g. "merged2b_s4b_b131k"), or a local
-    # checkpoint path (full CLIP state dict or visual-only). Independent of MODEL.WEIGHTS (a VLT checkpoint).
+    # Tower weights: "" (random init), a pretrained tag of that library (open_clip e.g. "merged2b_s4b_b131k", timm
+    # e.g. "lvd142m"), or a local checkpoint path (open_clip: full CLIP state dict or visual-only; timm: timm or the
+    # official DINOv2 / SAM / DeiT III / MoCo v3 layout). Independent of MODEL.WEIGHTS (a VLT checkpoint).
     cfg.MODEL.OPEN_CLIP.PRETRAINED = ""
-    # open_clip cache directory for pretrained tags ("" = open_clip's default).
+    # Cache directory for pretrained tags ("" = the library's default).
     cfg.MODEL.OPEN_CLIP.CACHE_DIR = ""
+    # timm towers only: build the tower for this input size (its position-embedding grid is IMG_SIZE / patch size;
+    # the checkpoint's is resampled on load, as Rein's release converts DINOv2 to 512 / patch 16); 0 = the model's
+    # own (DINOv2: 518). Inputs of any size still work (the embedding is resized per input grid).
+    cfg.MODEL.OPEN_CLIP.IMG_SIZE = 0
     # Keep the text tower in memory as well (FAMix style mining needs it).
     cfg.MODEL.OPEN_CLIP.KEEP_TEXT_TOWER = False
     # Patch size of the tower: 0 = native; e.g. 16 converts a patch-14 tower (patch embedding resampled,
-    # FlexiViT-style pseudo-inverse; position embeddings to the new grid), as official Rein does.
+    # FlexiViT-style pseudo-inverse; position embeddings to the new grid), as official Rein does. timm towers are
+    # built at this patch size and the checkpoint's patch embedding is resampled on load.
     cfg.MODEL.OPEN_CLIP.PATCH_SIZE = 0
     # Multi-scale outputs: "pyramid" = ViTDet simple feature pyramid from the last block; "taps" = features of
     # the blocks in OUT_INDICES resized by 4, 2, 1, 0.5 (Rein / public VLTSeg reimplementation).

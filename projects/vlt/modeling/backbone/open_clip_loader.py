@@ -133,29 +133,35 @@ def load_tower_weights(model: torch.nn.Module, path: str, visual_only: bool) -> 
     shape differs.
     """
     state = read_checkpoint(path)
-    own = model.state_dict()
     has_visual_prefix = any(k.startswith("visual.") for k in state)
     if visual_only:
         if has_visual_prefix:
             state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
     elif not has_visual_prefix:
         state = {"visual." + k: v for k, v in state.items()}
+    return load_state_dict_with_report(model, state, path)
+
+
+def load_state_dict_with_report(model: torch.nn.Module, state: Dict[str, torch.Tensor], source: str) -> Dict[str, list]:
+    """Load ``state`` into ``model`` (non-strict) and return / log the report {"loaded", "missing", "unexpected"};
+    fail when no key fits the model or a shape differs. ``source`` names the weights in messages."""
+    own = model.state_dict()
     loaded = [k for k in state if k in own]
     if not loaded:
         raise KeyError(
-            f"No key of tower checkpoint {path} fits the model: first checkpoint keys "
+            f"No key of tower checkpoint {source} fits the model: first checkpoint keys "
             f"{sorted(state)[:5]}, first model keys {sorted(own)[:5]}."
         )
     bad_shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in loaded if state[k].shape != own[k].shape]
     if bad_shapes:
         raise ValueError(
-            f"Tower checkpoint {path} does not fit the model: shape mismatches (key, checkpoint, model) "
+            f"Tower checkpoint {source} does not fit the model: shape mismatches (key, checkpoint, model) "
             f"{bad_shapes[:5]}. Is cfg.MODEL.OPEN_CLIP.MODEL_NAME the model the checkpoint was trained as?"
         )
     result = model.load_state_dict(state, strict=False)
     report = {"loaded": loaded, "missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
     logger.info(
-        "Tower weights from %s: %d loaded, %d missing%s, %d unexpected%s", path, len(loaded),
+        "Tower weights from %s: %d loaded, %d missing%s, %d unexpected%s", source, len(loaded),
         len(report["missing"]), f" (first: {report['missing'][:5]})" if report["missing"] else "",
         len(report["unexpected"]), f" (first: {report['unexpected'][:5]})" if report["unexpected"] else "",
     )

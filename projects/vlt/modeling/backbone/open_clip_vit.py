@@ -25,8 +25,7 @@ from detectron2.modeling.backbone.vit import SimpleFeaturePyramid
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .open_clip_loader import build_open_clip_model, pixel_stats
-from .vision_tower import VisionTower
+from .vision_tower import VisionTower, build_vision_tower
 
 logger = logging.getLogger(__name__)
 
@@ -211,15 +210,14 @@ def get_vit(backbone: nn.Module) -> OpenCLIPViT:
 
 @BACKBONE_REGISTRY.register()
 def build_open_clip_vit_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
-    """Build the open_clip ViT / EVA02 backbone from ``cfg.MODEL.OPEN_CLIP``.
+    """Build the ViT backbone (open_clip ViT / EVA02, or a timm tower) from ``cfg.MODEL.OPEN_CLIP``.
 
     ``cfg.MODEL.BACKBONE.NAME = "build_open_clip_vit_backbone"`` (D2's naming, as ``build_resnet_backbone``).
     """
     oc = cfg.MODEL.OPEN_CLIP
-    visual = build_open_clip_model(oc.MODEL_NAME, oc.PRETRAINED, oc.CACHE_DIR, keep_text_tower=False)
-    tower = VisionTower(visual, patch_size=oc.PATCH_SIZE)
+    tower, stats = build_vision_tower(oc.SOURCE, oc.MODEL_NAME, oc.PRETRAINED, oc.CACHE_DIR, oc.PATCH_SIZE, oc.IMG_SIZE)
     if oc.PIXEL_STATS_FROM_MODEL:
-        mean, std = pixel_stats(oc.MODEL_NAME)
+        mean, std = stats
     else:
         mean, std = cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD
     common = dict(
