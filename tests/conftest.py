@@ -1,4 +1,5 @@
 """Shared pytest fixtures: cityscapesscripts under current NumPy, tiny datasets in the real folder layouts."""
+import errno
 import importlib
 import os
 from typing import Dict, List, Sequence
@@ -157,3 +158,36 @@ def load_script():
         return module
 
     return load
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Factory: ``full_disk(limit)`` makes the files ``vlt.utils.atomic_io`` writes fail with ENOSPC once ``limit``
+    bytes are written, as a full disk (e.g. a 600 KB tmpfs) does: the fake failing writer of the disk-full tests."""
+    real_fdopen = os.fdopen
+
+    def install(limit):
+        written = [0]
+
+        class FullFile:
+            def __init__(self, fd, mode, **kwargs):
+                self.file = real_fdopen(fd, mode, **kwargs)
+
+            def write(self, data):
+                if written[0] + len(data) > limit:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                written[0] += len(data)
+                return self.file.write(data)
+
+            def __getattr__(self, name):
+                return getattr(self.file, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.file.close()
+
+        monkeypatch.setattr("vlt.utils.atomic_io.os.fdopen", FullFile)
+
+    return install

@@ -128,3 +128,29 @@ def test_evaluation_fetches_the_pretrained_tower_only_when_the_checkpoint_lacks_
         torch.testing.assert_close(value, expected, rtol=0, atol=0)
     with pytest.raises(FileNotFoundError, match="absent_tower"):
         build_model_for_evaluation(config(head_only, str(tmp_path / "absent_tower.pt")), build_model)
+
+
+def test_a_failed_save_names_the_file_and_keeps_the_last_complete_checkpoint(tmp_path, full_disk):
+    """Disk full while saving model_final: the error names the file and the reason once, no truncated file is left,
+    and last_checkpoint still names the complete earlier checkpoint (which resumes)."""
+    model = torch.nn.Linear(64, 64)
+    checkpointer = VLTCheckpointer(model, save_dir=str(tmp_path))
+    checkpointer.save("model_0000009")
+    full_disk(limit=4096)
+    with pytest.raises(OSError, match=r"Cannot write '.*model_final\.pth': No space left on device"):
+        checkpointer.save("model_final")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000009.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+    assert checkpointer.get_checkpoint_file() == str(tmp_path / "model_0000009.pth")
+    assert torch.equal(torch.load(tmp_path / "model_0000009.pth")["model"]["weight"], model.weight)
+
+
+def test_truncated_and_missing_checkpoints_name_the_file(tmp_path):
+    model = torch.nn.Linear(8, 8)
+    VLTCheckpointer(model, save_dir=str(tmp_path)).save("model_final")
+    data = (tmp_path / "model_final.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"Checkpoint '.*cut\.pth' cannot be read \(.*\): is it truncated"):
+        VLTCheckpointer(model).load(str(tmp_path / "cut.pth"))
+    with pytest.raises(FileNotFoundError, match=r"Checkpoint '.*absent\.pth' does not exist"):
+        VLTCheckpointer(model).load(str(tmp_path / "absent.pth"))

@@ -137,8 +137,8 @@ def test_acdc_submission_per_condition_and_combined(tmp_path, make_acdc_split, r
     preds = _random_train_ids(records, seed=2)
     _write(writer, records, preds)
 
-    def names(condition=None):
-        return sorted(os.path.basename(r["file_name"]) for r in records
+    def names(condition=None):  # the server's layout: one flat labelTrainIds/ folder, PNGs named like the input
+        return sorted("labelTrainIds/" + os.path.basename(r["file_name"]) for r in records
                       if condition is None or f"/{condition}/" in r["file_name"])
 
     with zipfile.ZipFile(tmp_path / "sub" / "acdc_all.zip") as archive:
@@ -155,6 +155,30 @@ def test_acdc_submission_per_condition_and_combined(tmp_path, make_acdc_split, r
     summary = json.load(open(tmp_path / "sub" / "submission_summary.json"))
     assert summary["files_per_condition"] == {"fog": 2, "night": 2, "rain": 2}
     assert summary["label_space"] == "labelTrainIds" and len(summary["zips"]) == 4
+
+
+def test_acdc_name_collision_keeps_the_other_conditions(tmp_path, make_acdc_split, register_dataset, caplog):
+    """Two conditions with the same image name: the flat combined zip cannot hold both and is not written (an error
+    names the files); each condition's zip and every PNG are written."""
+    fog = make_acdc_split(str(tmp_path / "a"), split="test", conditions=("fog",), per_condition=2, labels=False)
+    night = make_acdc_split(str(tmp_path / "b"), split="test", conditions=("night",), per_condition=2, labels=False)
+    night[0] = dict(night[0], file_name=fog[0]["file_name"].replace("/fog/", "/night/"))  # same name as fog's
+    os.makedirs(os.path.dirname(night[0]["file_name"]), exist_ok=True)
+    records = fog + night
+    name = register_dataset("vlt_test_export_acdc_collision", records)
+    writer = SemSegSubmissionWriter(name, str(tmp_path / "sub"))
+    with caplog.at_level("ERROR"):
+        _write(writer, records, _random_train_ids(records, seed=3))
+    shared = os.path.basename(fog[0]["file_name"])
+    assert not (tmp_path / "sub" / "acdc_all.zip").exists()
+    assert any("acdc_all.zip" in r.getMessage() and shared in r.getMessage() for r in caplog.records)
+    for condition in ("fog", "night"):
+        with zipfile.ZipFile(tmp_path / "sub" / f"acdc_{condition}.zip") as archive:
+            assert len(archive.namelist()) == 2 and f"labelTrainIds/{shared}" in archive.namelist()
+        assert (tmp_path / "sub" / "labelTrainIds" / condition / shared).is_file()
+    summary = json.load(open(tmp_path / "sub" / "submission_summary.json"))
+    assert list(summary["zips_not_written"]) == [str(tmp_path / "sub" / "acdc_all.zip")] and len(summary["zips"]) == 2
+    assert not [f for f in os.listdir(tmp_path / "sub") if f.endswith(".tmp")]  # no temporary file left
 
 
 def test_writer_checks_sizes_formats_and_reads_the_config(tmp_path, make_acdc_split, register_dataset):

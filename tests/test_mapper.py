@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
 
 from vlt import add_vlt_config
 from vlt.data import (
@@ -295,6 +296,52 @@ def test_missing_and_corrupt_images_name_the_file(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(ValueError, match=r"broken\.png' cannot be decoded"):
         read_image(str(tmp_path / "broken.png"))
+
+
+def _truncated(path, fraction=0.6):
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: int(len(data) * fraction)])
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".webp", ".bmp", ".tif"])
+def test_truncated_images_of_any_format_fail_naming_the_file(tmp_path, ext):
+    """libjpeg decodes a truncated JPEG with a grey fill and a mere warning: it must fail like the other formats."""
+    from vlt.data.semantic_mapper import read_image
+
+    path = str(tmp_path / f"photo{ext}")
+    assert cv2.imwrite(path, coordinate_image(64, 96))
+    assert read_image(path).shape == (64, 96, 3)
+    _truncated(path)
+    with pytest.raises(ValueError, match=rf"photo\{ext}' (is truncated|cannot be decoded)"):
+        read_image(path)
+
+
+def test_broken_training_images_are_skipped_with_a_count_only_when_asked(tiny_dataset, caplog):
+    labels = [np.zeros((16, 16), np.uint8)] * 2
+    name = tiny_dataset("vlt_test_mapper_skip", [coordinate_image(16, 16)] * 2, labels)
+    records = DatasetCatalog.get(name)
+    with open(records[0]["sem_seg_file_name"], "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n not a png")  # a corrupt label
+    with pytest.raises(ValueError, match=r"vlt_test_mapper_skip_0_labelTrainIds\.png' cannot be decoded"):
+        SemSegTrainMapper(make_cfg(name))(records[0])
+    mapper = SemSegTrainMapper(make_cfg(name, SKIP_BROKEN_IMAGES=True))
+    with caplog.at_level("WARNING"):
+        assert mapper(records[0]) is None and mapper(records[0]) is None  # D2's MapDataset then draws another
+    assert mapper(records[1])["sem_seg"].shape == (16, 16) and mapper.skipped == 2
+    assert "[2 skipped so far" in caplog.records[-1].getMessage()
+    assert "_0_labelTrainIds.png" in caplog.records[-1].getMessage()
+
+
+def test_num_classes_of_the_model_must_match_the_datasets(tiny_dataset):
+    name = tiny_dataset("vlt_test_mapper_classes", [coordinate_image(8, 8)], [np.zeros((8, 8), np.uint8)])
+    cfg = make_cfg(name)
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 7
+    message = r"MODEL.SEM_SEG_HEAD.NUM_CLASSES is 7 but vlt_test_mapper_classes has 19 classes"
+    with pytest.raises(ValueError, match=message):
+        SemSegTrainMapper(cfg)
+    with pytest.raises(ValueError, match=message):
+        SemSegTestMapper(cfg, name)
 
 
 def test_test_resize_protocols():

@@ -169,6 +169,9 @@ def _add_data_config(cfg):
     cfg.INPUT.TEST_RESOLUTION = "rein"
     # Extra factor on the test resolution (FAMix release tests at 0.5 as well); the scale ensemble is TEST.SCALES.
     cfg.INPUT.TEST_SCALE_FACTOR = 1.0
+    # Training only: skip a training image or label that cannot be decoded (corrupt, truncated) instead of stopping;
+    # each skip is logged with the file and a running count. Evaluation always stops on such a file.
+    cfg.INPUT.SKIP_BROKEN_IMAGES = False
 
 
 def _add_test_config(cfg):
@@ -208,6 +211,9 @@ def _add_test_config(cfg):
     cfg.TEST.EXPORT.COLOR = False
     # Pack the label PNGs into the zip(s) the server expects.
     cfg.TEST.EXPORT.ZIP = True
+    # Overlays (prediction drawn over the image, next to the ground truth when there is one) of the first N images
+    # of every test set, as mmseg's --show-dir: OUTPUT_DIR/show/<dataset>/<image>.png (segmentation only). 0 = off.
+    cfg.TEST.SHOW_IMAGES = 0
 
 
 def _add_mask2former_config(cfg):

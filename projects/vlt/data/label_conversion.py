@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..utils.errors import InputError, MissingFileError
 from .cityscapes_classes import CLASSES, IGNORE_LABEL, LABEL_ID_TO_TRAIN_ID
 
 __all__ = [
@@ -129,7 +130,9 @@ def read_label_map(path: str) -> np.ndarray:
     """Decode a one-channel label PNG (grayscale, or palette indices) to uint8/uint16 [H, W]."""
     labels = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if labels is None:
-        raise FileNotFoundError(f"Cannot read label image '{path}'")
+        if not os.path.isfile(path):
+            raise MissingFileError(f"Label image '{path}' does not exist")
+        raise InputError(f"Label image '{path}' cannot be decoded (corrupt, truncated or not an image file)")
     if labels.ndim == 3:  # OpenCV expands palette PNGs to colours: read the indices with PIL instead
         with Image.open(path) as image:
             if image.mode not in ("P", "L", "I", "I;16"):

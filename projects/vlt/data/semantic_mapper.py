@@ -23,6 +23,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.utils.file_io import PathManager
 
+from ..utils.errors import InputError, MissingFileError
 from .label_conversion import read_label_map
 from .transforms import (
     ColorJitter,
@@ -42,6 +43,7 @@ __all__ = [
     "read_image",
     "read_sem_seg",
     "check_label_values",
+    "check_model_classes",
     "evaluation_resize_shape",
     "resolve_test_resolution",
     "build_train_augmentations",
@@ -51,14 +53,25 @@ README = "datasets/README.md"
 logger = logging.getLogger(__name__)
 
 
+def _jpeg_complete(data: np.ndarray) -> bool:
+    """Whether JPEG bytes end with the end-of-image marker FF D9 (within the last 4 KiB, which allows the padding
+    or trailers some cameras append). libjpeg decodes a truncated file with a grey fill and only a warning."""
+    tail = data[-4096:].tobytes()
+    return b"\xff\xd9" in tail
+
+
 def read_image(path: str, image_format: str = "RGB") -> np.ndarray:
-    """Decode an image file to uint8 [H, W, 3] in ``image_format`` ("RGB" or "BGR")."""
+    """Decode an image file to uint8 [H, W, 3] in ``image_format`` ("RGB" or "BGR"); a missing, undecodable or
+    truncated file (any format) fails naming it."""
     local = PathManager.get_local_path(path)
-    image = cv2.imread(local, cv2.IMREAD_COLOR)
+    if not os.path.isfile(local):
+        raise MissingFileError(f"Image '{path}' does not exist")
+    data = np.fromfile(local, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
-        if not os.path.isfile(local):
-            raise FileNotFoundError(f"Image '{path}' does not exist")
-        raise ValueError(f"Image '{path}' cannot be decoded (corrupt, truncated or not an image file)")
+        raise InputError(f"Image '{path}' cannot be decoded (corrupt, truncated or not an image file)")
+    if data[:3].tobytes() == b"\xff\xd8\xff" and not _jpeg_complete(data):
+        raise InputError(f"Image '{path}' is truncated: the JPEG ends without its end-of-image marker")
     if image_format == "RGB":
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if image_format == "BGR":
@@ -169,6 +182,16 @@ def _pad_bottom_right(array: np.ndarray, height: int, width: int, value: int) ->
     return cv2.copyMakeBorder(array, 0, max(pad_h, 0), 0, max(pad_w, 0), cv2.BORDER_CONSTANT, value=value)
 
 
+def check_model_classes(cfg, dataset_names: Sequence[str], num_classes: int) -> None:
+    """Raise if the segmentation head's MODEL.SEM_SEG_HEAD.NUM_CLASSES differs from the datasets' class count."""
+    if cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES != num_classes:
+        raise InputError(
+            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES} but {', '.join(dataset_names)} "
+            f"{'has' if len(dataset_names) == 1 else 'have'} {num_classes} classes: set it to {num_classes} or use "
+            "a config made for these datasets"
+        )
+
+
 def _dataset_label_space(dataset_names: Sequence[str]) -> Tuple[int, int]:
     """(number of classes, ignore label) shared by the datasets; error if they differ."""
     spaces = set()
@@ -227,7 +250,9 @@ class SemSegTrainMapper:
     @configurable
     def __init__(self, is_train: bool = True, *, augmentations: Sequence[T.Augmentation], image_format: str = "RGB",
                  num_classes: int = 19, ignore_label: int = 255, crop_size: Optional[Tuple[int, int]] = None,
-                 size_divisibility: int = -1):
+                 size_divisibility: int = -1, skip_broken: bool = False):
+        """``skip_broken``: return None (Detectron2's loader then draws another image) for an image or label that
+        cannot be decoded, logging the file and a running count, instead of raising."""
         if not is_train:
             raise ValueError("SemSegTrainMapper is for training; use SemSegTestMapper(cfg, dataset_name) to test")
         self.augmentations = T.AugmentationList(list(augmentations))
@@ -235,10 +260,12 @@ class SemSegTrainMapper:
         self.num_classes, self.ignore_label = num_classes, ignore_label
         self.crop_size = tuple(crop_size) if crop_size else None
         self.size_divisibility = size_divisibility
+        self.skip_broken, self.skipped = skip_broken, 0
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
         num_classes, ignore_label = _dataset_label_space(cfg.DATASETS.TRAIN)
+        check_model_classes(cfg, cfg.DATASETS.TRAIN, num_classes)
         return {
             "is_train": is_train,
             "augmentations": build_train_augmentations(cfg),
@@ -247,13 +274,22 @@ class SemSegTrainMapper:
             "ignore_label": ignore_label,
             "crop_size": (cfg.INPUT.CROP.PAD_RESIZE_TO or cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED else None,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
+            "skip_broken": cfg.INPUT.SKIP_BROKEN_IMAGES,
         }
 
-    def __call__(self, dataset_dict: dict) -> dict:
+    def __call__(self, dataset_dict: dict) -> Optional[dict]:
         if "sem_seg_file_name" not in dataset_dict:
             raise KeyError(f"Training image '{dataset_dict.get('file_name')}' has no sem_seg_file_name")
-        image = read_image(dataset_dict["file_name"], self.image_format)
-        label = read_sem_seg(dataset_dict["sem_seg_file_name"], self.num_classes, self.ignore_label)
+        try:
+            image = read_image(dataset_dict["file_name"], self.image_format)
+            label = read_sem_seg(dataset_dict["sem_seg_file_name"], self.num_classes, self.ignore_label)
+        except InputError as e:
+            if not self.skip_broken:
+                raise
+            self.skipped += 1
+            logger.warning("Skipped a training image (INPUT.SKIP_BROKEN_IMAGES): %s [%d skipped so far by this "
+                           "loader process]", e, self.skipped)
+            return None
         image = _match_label_size(image, label, dataset_dict)
         height, width = label.shape
         aug_input = T.AugInput(image, sem_seg=label)
@@ -296,6 +332,7 @@ class SemSegTestMapper:
     @classmethod
     def from_config(cls, cfg, dataset_name: str):
         num_classes, ignore_label = _dataset_label_space([dataset_name])
+        check_model_classes(cfg, [dataset_name], num_classes)
         return {
             "protocol": resolve_test_resolution(cfg.INPUT.TEST_RESOLUTION, dataset_name),
             "scale_factor": cfg.INPUT.TEST_SCALE_FACTOR,

@@ -7,19 +7,23 @@ not yet converted, a tower checkpoint given as MODEL.WEIGHTS) silently evaluates
 - for evaluation (``strict_eval``), every parameter the evaluation needs must come from the file, with the right
   shape, except a tower that loaded its own pretrained weights (MODEL.OPEN_CLIP.PRETRAINED; the loader marks it
   ``loaded_pretrained_weights``) and keys the model declares it does not need (``checkpoint_optional_keys()``,
-  e.g. Mask2Former's free query embeddings when Rein's linked tokens replace them).
-
-Saving is Detectron2's, written atomically on a local disk (a temporary file renamed into place, the checkpoint then
-its ``last_checkpoint`` tag): a run killed while saving leaves the previous checkpoint and tag whole.
+  e.g. Mask2Former's free query embeddings when Rein's linked tokens replace them);
+- a missing or unreadable (truncated) file fails naming it;
+- saving is atomic (a temporary file renamed when complete): a full disk never leaves a truncated checkpoint, and
+  ``last_checkpoint`` only ever names a complete file.
 """
 import logging
 import os
+import pickle
+import zipfile
 from typing import Callable, List, Optional, Set, Tuple
 from urllib.parse import urlparse
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
+
+from ..utils.atomic_io import atomic_torch_save, atomic_write
+from ..utils.errors import InputError, MissingFileError
 
 __all__ = ["VLTCheckpointer", "build_model_for_evaluation", "tower_key_prefixes"]
 
@@ -43,20 +47,6 @@ def _model_keys(checkpoint: dict) -> Set[str]:
     return {k[len("module."):] if k.startswith("module.") else k for k in checkpoint.get("model", {})}
 
 
-def _write_atomically(path: str, write: Callable) -> None:
-    """``write(file)`` into a temporary file next to ``path``, then rename it to ``path`` (atomic on POSIX)."""
-    temporary = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(temporary, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 class VLTCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with the checks above and atomic saves; resuming is unchanged."""
 
@@ -70,7 +60,7 @@ class VLTCheckpointer(DetectionCheckpointer):
         """The model keys a checkpoint file holds (without loading it into the model). The file stays in memory
         for the next :meth:`load` of the same path, so peeking and then loading reads it once."""
         parsed = urlparse(path)  # as DetectionCheckpointer.load: a "?matching_heuristics=True" query is allowed
-        local = self.path_manager.get_local_path(parsed._replace(query="").geturl())
+        local = self._existing_local_path(parsed._replace(query="").geturl())
         self._parsed_url_during_load = parsed
         try:
             checkpoint = super()._load_file(local)
@@ -79,34 +69,51 @@ class VLTCheckpointer(DetectionCheckpointer):
         self._peeked = (local, checkpoint)
         return _model_keys(checkpoint)
 
+    def _existing_local_path(self, path: str) -> str:
+        local = path if os.path.isfile(path) else self.path_manager.get_local_path(path)
+        if not os.path.isfile(local):
+            raise MissingFileError(f"Checkpoint '{path}' does not exist")
+        return local
+
     def _load_file(self, filename):
         peeked, self._peeked = self._peeked, None
         if peeked is not None and peeked[0] == filename:
             return peeked[1]
-        return super()._load_file(filename)
+        try:
+            return super()._load_file(filename)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+            raise InputError(
+                f"Checkpoint '{filename}' cannot be read ({reason}): is it truncated (an interrupted save, copy or "
+                "download) or not a PyTorch checkpoint?"
+            ) from e
+
+    def load(self, path: str, checkpointables=None):
+        self._path = path
+        if path:
+            parsed = urlparse(path)
+            self._existing_local_path(parsed._replace(query="").geturl())
+        return super().load(path, checkpointables)
 
     def save(self, name: str, **kwargs) -> None:
-        """fvcore's ``save`` (model, checkpointables and ``kwargs`` in ``<save_dir>/<name>.pth``, then the tag), each
-        file written atomically when ``save_dir`` is a local folder; other path managers save as fvcore does."""
+        """fvcore's ``save``, written atomically (see the module docstring); a failure raises
+        :class:`~vlt.utils.errors.OutputError` naming the file and the reason."""
         if not (self.save_dir and self.save_to_disk and os.path.isdir(self.save_dir)):
-            return super().save(name, **kwargs)
+            return super().save(name, **kwargs)  # nothing to save, or another path manager's folder
         data = {"model": self.model.state_dict()}
         data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
         data.update(kwargs)
-        save_file = os.path.join(self.save_dir, f"{name}.pth")
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        _write_atomically(save_file, lambda f: torch.save(data, f))
-        self.tag_last_checkpoint(os.path.basename(save_file))
+        atomic_torch_save(data, save_file)
+        self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         if not os.path.isdir(self.save_dir):
             return super().tag_last_checkpoint(last_filename_basename)
-        tag = os.path.join(self.save_dir, "last_checkpoint")
-        _write_atomically(tag, lambda f: f.write(last_filename_basename.encode()))
-
-    def load(self, path: str, checkpointables=None):
-        self._path = path
-        return super().load(path, checkpointables)
+        with atomic_write(os.path.join(self.save_dir, "last_checkpoint")) as f:
+            f.write(last_filename_basename)
 
     def _load_model(self, checkpoint):
         model_keys = list(self.model.state_dict())

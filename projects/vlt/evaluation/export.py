@@ -5,15 +5,22 @@ image in *labelIds* (not train ids), found by the pattern ``{city}_{seq}_{frame}
 at the input resolution (2048x1024). We keep the input's file name.
 
 ACDC (https://acdc.vision.ee.ethz.ch/submit): one PNG per test image named like the input (``*_rgb_anon.png``),
-in *train ids* (road = 0), at the input resolution 1920x1080. Sources: the server's requirements as quoted in
-hf618/DTBS README.md ("Labels must be encoded in trainIDs format"); lhoyer/HRDA README.md (Cityscapes->ACDC test
-predictions with ``to_label_id=False``); the ACDC authors' brdav/refign (``predict_step`` in
-models/segmentation_model.py saves argmax train ids under the input's file name). The server scores an upload
-as a whole, so we write one zip per condition (fog, night, rain, snow) and one with all of them.
+in *train ids* (road = 0), at the input resolution 1920x1080, all in one folder ``labelTrainIds/`` at the top of the
+zip. Sources: the server's requirements as quoted in hf618/DTBS README.md ("Labels must be encoded in trainIDs
+format", result size = input size); lhoyer/HRDA README.md (ACDC test predictions written with mmseg's
+``imgfile_prefix=labelTrainIds to_label_id=False``: a flat ``labelTrainIds/<image stem>.png`` folder) and BIT-DA/VBLC
+README.md ("the test results should be under folder .../labelTrainIds, and can then be zipped and submitted to
+ACDC test server"); the ACDC authors' brdav/refign (``predict_step`` in models/segmentation_model.py saves argmax
+train ids under the input's file name, all conditions in one folder). The server scores an upload as a whole, so we
+write one zip per condition (fog, night, rain, snow) and one with all of them. The folder is flat, so two images
+with the same file name (in different conditions) cannot share a zip: such a zip is not written (an error names
+the files) while every other zip is; the PNGs themselves stay on disk per condition
+(``labelTrainIds/<condition>/<name>``), nothing is overwritten.
 """
 import json
 import logging
 import os
+import posixpath
 import re
 import zipfile
 from collections import Counter
@@ -31,6 +38,8 @@ from detectron2.utils.file_io import PathManager
 from PIL import Image
 
 from ..data.cityscapes_classes import TRAIN_ID_TO_LABEL_ID, train_ids_to_label_ids
+from ..utils.atomic_io import atomic_write
+from ..utils.errors import OutputError
 
 __all__ = [
     "CITYSCAPES_TRAIN_ID_TO_LABEL_ID",
@@ -107,7 +116,8 @@ class SemSegSubmissionWriter(DatasetEvaluator):
 
     Cityscapes: ``<output_dir>/labelIds/<image name>.png`` (label ids) and ``cityscapes_submission.zip``.
     ACDC: ``<output_dir>/labelTrainIds/<condition>/<image name>`` (train ids), ``acdc_<condition>.zip`` per
-    condition and ``acdc_all.zip``. With ``write_color``, ``<output_dir>/color/...`` colour images (not zipped).
+    condition and ``acdc_all.zip`` (each holding ``labelTrainIds/<image name>``, the server's layout).
+    With ``write_color``, ``<output_dir>/color/...`` colour images (not zipped).
     A summary (files per condition, zips) goes to ``submission_summary.json`` and the log. Every rank writes its
     own images (``output_dir`` must be shared by all ranks); the main process packs the zips.
     """
@@ -190,7 +200,7 @@ class SemSegSubmissionWriter(DatasetEvaluator):
         path = os.path.join(self._output_dir, relative)
         PathManager.mkdirs(os.path.dirname(path))
         if not cv2.imwrite(path, labels):
-            raise OSError(f"Could not write {path}")
+            raise OutputError(f"Cannot write '{path}' (full disk, no permission or a bad path?)")
 
     def _write_color_png(self, relative: str, train_ids: np.ndarray):
         path = os.path.join(self._output_dir, relative)
@@ -206,12 +216,6 @@ class SemSegSubmissionWriter(DatasetEvaluator):
             if not comm.is_main_process():
                 return {}
             written = [w for part in gathered for w in part]
-        duplicates = [n for n, c in Counter(w["name"] for w in written).items() if c > 1]
-        if duplicates:
-            raise ValueError(
-                f"{self._dataset_name}: several predictions named {duplicates[:5]}; the server needs one per image"
-            )
-
         summary = {
             "dataset": self._dataset_name,
             "format": self._format,
@@ -220,19 +224,30 @@ class SemSegSubmissionWriter(DatasetEvaluator):
             "num_files": len(written),
             "files_per_condition": dict(sorted(Counter(w["condition"] for w in written if w["condition"]).items())),
             "zips": {},
+            "zips_not_written": {},
         }
         if self._write_zip:
             if self._format == "cityscapes":
-                groups = {"cityscapes_submission.zip": written}
+                groups = {"cityscapes_submission.zip": ("", written)}
             else:
-                groups = {"acdc_all.zip": written}
+                groups = {"acdc_all.zip": ("labelTrainIds", written)}
                 for condition in summary["files_per_condition"]:
-                    groups[f"acdc_{condition}.zip"] = [w for w in written if w["condition"] == condition]
-            for zip_name, members in groups.items():
+                    members = [w for w in written if w["condition"] == condition]
+                    groups[f"acdc_{condition}.zip"] = ("labelTrainIds", members)
+            for zip_name, (folder, members) in groups.items():
                 zip_path = os.path.join(self._output_dir, zip_name)
-                _write_zip(zip_path, self._output_dir, members)
+                duplicates = sorted(n for n, c in Counter(w["name"] for w in members).items() if c > 1)
+                if duplicates:  # the server's folder is flat: the zip could hold only one of them
+                    paths = [w["path"] for w in members if w["name"] in duplicates[:3]]
+                    reason = (f"{len(duplicates)} file names occur more than once ({paths[:6]}); the server needs one "
+                              "PNG per name in one folder")
+                    summary["zips_not_written"][zip_path] = reason
+                    logger.error(f"{self._dataset_name}: not writing {zip_path}: {reason}. The other zips and every "
+                                 f"PNG under {self._output_dir} are written.")
+                    continue
+                _write_zip(zip_path, self._output_dir, members, folder)
                 summary["zips"][zip_path] = len(members)
-        with PathManager.open(os.path.join(self._output_dir, "submission_summary.json"), "w") as f:
+        with atomic_write(os.path.join(self._output_dir, "submission_summary.json")) as f:
             json.dump(summary, f, indent=1)
         logger.info(
             f"Submission for {self._dataset_name} ({self._format}, {summary['label_space']}): {len(written)} PNGs in "
@@ -241,8 +256,9 @@ class SemSegSubmissionWriter(DatasetEvaluator):
         return {}
 
 
-def _write_zip(zip_path: str, root: str, members: Sequence[Mapping[str, str]]):
-    """Zip ``root/<member path>`` as flat ``<member name>`` entries (servers match file names, not folders)."""
-    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+def _write_zip(zip_path: str, root: str, members: Sequence[Mapping[str, str]], folder: str = ""):
+    """Zip ``root/<member path>`` as ``<folder>/<member name>`` entries (one flat folder: servers match file names),
+    atomically (a temporary file renamed when complete)."""
+    with atomic_write(zip_path, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for member in sorted(members, key=lambda m: m["name"]):
-            archive.write(os.path.join(root, member["path"]), arcname=member["name"])
+            archive.write(os.path.join(root, member["path"]), arcname=posixpath.join(folder, member["name"]))

@@ -25,9 +25,9 @@ from collections import OrderedDict
 from typing import Collection, Dict, List, Mapping, Optional, Sequence
 
 from detectron2.data import MetadataCatalog
-from detectron2.utils.file_io import PathManager
 from tabulate import tabulate
 
+from ..utils.atomic_io import atomic_write
 from .sem_seg_evaluation import json_safe
 
 __all__ = [
@@ -223,8 +223,7 @@ def save_table(table: Dict, title: str, output_dir: str, basename: str, rows, su
         + tabulate(summary_body, headers=summary_header, floatfmt=".2f", tablefmt="pipe")
     )
     logger.info(f"{title}:\n{text}")
-    PathManager.mkdirs(output_dir)
-    with PathManager.open(os.path.join(output_dir, f"{basename}.json"), "w") as f:
+    with atomic_write(os.path.join(output_dir, f"{basename}.json")) as f:
         json.dump(json_safe(table), f, indent=1)
     _write_csv(os.path.join(output_dir, f"{basename}.csv"), header, body)
     _write_csv(os.path.join(output_dir, f"{basename}_summary.csv"), summary_header, summary_body)
@@ -232,7 +231,7 @@ def save_table(table: Dict, title: str, output_dir: str, basename: str, rows, su
 
 
 def _write_csv(path: str, header: Sequence[str], rows: Sequence[Sequence]):
-    with PathManager.open(path, "w") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for row in rows:

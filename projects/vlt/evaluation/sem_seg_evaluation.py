@@ -17,17 +17,17 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
-from PIL import Image
 from tabulate import tabulate
 
 from ..data.cityscapes_classes import CLASSES, SYNTHIA_16_TRAIN_IDS
+from ..data.label_conversion import read_label_map
+from ..utils.atomic_io import atomic_write
 from .export import image_condition
 
 __all__ = [
@@ -64,17 +64,9 @@ MIOU_CLASS_SUBSETS: Dict[str, Tuple[str, ...]] = {
 
 
 def read_label_png(path: str) -> np.ndarray:
-    """Decode a single-channel label PNG (grayscale 8/16-bit, or palette indices) to an [H, W] array."""
-    local_path = PathManager.get_local_path(path)
-    labels = cv2.imread(local_path, cv2.IMREAD_UNCHANGED)  # fastest decoder here; keeps 16-bit values
-    if labels is None:
-        raise FileNotFoundError(f"Cannot read label image {path}")
-    if labels.ndim == 3:  # palette PNG (OpenCV expands it to colours): read the palette indices instead
-        with Image.open(local_path) as image:
-            if image.mode not in ("P", "L", "I", "I;16"):
-                raise ValueError(f"Label image {path} has {image.mode} pixels; expected one channel of class ids")
-            labels = np.asarray(image)
-    return labels
+    """Decode a single-channel label PNG (grayscale 8/16-bit, or palette indices) to an [H, W] array; a missing or
+    undecodable file fails naming it (:func:`vlt.data.label_conversion.read_label_map`)."""
+    return read_label_map(PathManager.get_local_path(path))
 
 
 def _as_tensor(array: Union[np.ndarray, torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -367,7 +359,6 @@ class SemSegMIoUEvaluator(DatasetEvaluator):
             )
         self._log(results)
         if self._output_dir:
-            PathManager.mkdirs(self._output_dir)
             saved = {
                 "dataset": self._dataset_name,
                 "num_images": state["num_images"],
@@ -378,7 +369,7 @@ class SemSegMIoUEvaluator(DatasetEvaluator):
                 "group_confusion_matrices": {name: state["groups"][name][:num].tolist() for name in groups},
             }
             path = os.path.join(self._output_dir, "sem_seg_evaluation.json")
-            with PathManager.open(path, "w") as f:
+            with atomic_write(path) as f:
                 json.dump(json_safe(saved), f, indent=1)
         return results
 

@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...utils.atomic_io import atomic_torch_save
 from .famix import EPS, IGNORE, dominant_patch_classes
 
 __all__ = [
     "PROMPTS_FILE", "ResNetTapEmbedder", "StyleBank", "ViTTapEmbedder", "encode_prompts", "load_famix_prompts",
-    "first_patch_of_each_class", "mine_patch_styles", "prompt_table", "save_atomically", "split_patches",
+    "first_patch_of_each_class", "mine_patch_styles", "prompt_table", "split_patches",
 ]
 
 PROMPTS_FILE = os.path.join(os.path.dirname(__file__), "famix_prompts.json")
@@ -262,8 +263,8 @@ class StyleBank:
 
     def save(self, path: str, complete: bool = True) -> None:
         """Write the bank atomically (a reader sees the previous file or the new one, never a partial one)."""
-        save_atomically({**self.metadata, "banks": self.banks(), "done_images": list(self.done_images),
-                         "complete": complete}, path)
+        atomic_torch_save({**self.metadata, "banks": self.banks(), "done_images": list(self.done_images),
+                           "complete": complete}, path)
 
     @classmethod
     def load(cls, path: str) -> "StyleBank":
@@ -278,23 +279,3 @@ class StyleBank:
         bank.stats = {int(k): list(v) for k, v in data["banks"].items()}
         bank.done_images = list(data.get("done_images", []))
         return bank
-
-
-def save_atomically(obj, path: str) -> None:
-    """``torch.save(obj, path)`` through a temporary file in the same folder renamed over ``path``; on failure the
-    temporary file is removed, ``path`` is left as it was, and one OSError names the file and the cause.
-    (Local helper; a shared one for checkpoints and tables belongs in vlt.utils.)"""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, (OSError, RuntimeError)):  # torch's zip writer reports a full disk as RuntimeError
-            raise OSError(f"could not write '{path}' ({type(e).__name__}: {e}); the file there, if any, is "
-                          "unchanged") from e
-        raise
