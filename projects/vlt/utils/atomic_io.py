@@ -77,6 +77,8 @@ def atomic_torch_save(obj: Any, path: str) -> None:
         try:
             torch.save(obj, recorder)
         except RuntimeError as e:
-            if recorder.error is None:
-                raise
-            raise recorder.error from e
+            if recorder.error is not None:
+                raise recorder.error from e  # the real reason (e.g. ENOSPC)
+            if any(k in str(e) for k in ("PytorchStreamWriter", "inline_container", "unexpected pos")):
+                raise OSError(f"torch's writer failed ({str(e).strip().splitlines()[0]})") from e
+            raise
