@@ -104,8 +104,8 @@ def test_config_builds_a_model_that_predicts(name, tmp_path):
     with torch.no_grad():
         # Predictions come back at the requested (original) size, here twice the input.
         output = model([{"image": image, "height": 2 * HEIGHT, "width": 2 * WIDTH}])[0]
-    if cfg.MODEL.META_ARCHITECTURE == "VLTSegmentor":  # every window / image is padded to whole patches
-        assert model.size_divisibility % model.backbone.patch_size == 0
+    if cfg.MODEL.META_ARCHITECTURE == "VLTSegmentor":  # padded to the coarsest nominal stride (the tower pads on)
+        assert model.size_divisibility % 32 == 0
     if "sem_seg" in output:
         scores = output["sem_seg"]
         assert scores.shape == (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 2 * HEIGHT, 2 * WIDTH)
@@ -227,3 +227,57 @@ def test_export_config_writes_the_submissions_end_to_end(tmp_path, monkeypatch, 
     assert "acdc_all.zip" in acdc_zips
     with zipfile.ZipFile(root / "acdc_all_test" / "acdc_all.zip") as z:
         assert len([n for n in z.namelist() if n.endswith(".png")]) == 4
+
+
+# ------------------------------------------------------------------------------- one training step, every config
+def _training_batch(cfg):
+    """Two tiny training samples in the format the config's train mapper produces."""
+    generator = torch.Generator().manual_seed(0)
+    batch = []
+    for _ in range(2):
+        sample = {"image": torch.randint(0, 256, (3, HEIGHT, WIDTH), dtype=torch.uint8, generator=generator),
+                  "height": HEIGHT, "width": WIDTH}
+        if cfg.MODEL.META_ARCHITECTURE == "VLTGeneralizedRCNN":
+            from detectron2.structures import Boxes, Instances
+
+            instances = Instances((HEIGHT, WIDTH))
+            instances.gt_boxes = Boxes(torch.tensor([[4.0, 4.0, 40.0, 50.0], [50.0, 10.0, 120.0, 60.0]]))
+            instances.gt_classes = torch.tensor([0, cfg.MODEL.ROI_HEADS.NUM_CLASSES - 1])
+            sample["instances"] = instances
+        else:
+            labels = torch.randint(0, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, (8, 16), generator=generator)
+            labels = torch.nn.functional.interpolate(labels[None, None].float(), size=(HEIGHT, WIDTH))[0, 0].long()
+            labels[:4] = 255
+            sample["sem_seg"] = labels
+        batch.append(sample)
+    return batch
+
+
+@pytest.mark.parametrize("name", BUILDABLE)
+def test_one_training_step_gives_every_trainable_parameter_a_gradient(name, tmp_path):
+    """DDP (find_unused_parameters off) needs every trainable parameter to get a gradient, and no frozen one may;
+    with 'taps' the pixel decoder reads every backbone output and its mask features are at 1/4 of the padded
+    input, whatever the tower's patch size."""
+    from detectron2.utils.events import EventStorage
+
+    torch.manual_seed(0)
+    cfg = tiny_config(name, tmp_path)
+    model = build_model(cfg).train()
+    seen = {}
+    decoder = getattr(getattr(model, "sem_seg_head", None), "pixel_decoder", None)
+    if decoder is not None:
+        decoder.mask_features.register_forward_hook(lambda m, i, o: seen.update(mask_features=o.shape))
+    with EventStorage():
+        losses = model(_training_batch(cfg))
+    sum(losses.values()).backward()
+    params = dict(model.named_parameters())
+    without_grad = sorted(n for n, p in params.items() if p.requires_grad and p.grad is None)
+    assert not without_grad, f"{name}: trainable parameters without a gradient: {without_grad}"
+    frozen_with_grad = sorted(n for n, p in params.items() if not p.requires_grad and p.grad is not None)
+    assert not frozen_with_grad
+    assert any(p.requires_grad for p in params.values())
+    if decoder is not None:
+        read = set(decoder.in_features[: decoder.num_fpn_levels]) | set(decoder.transformer_in_features)
+        assert read == set(model.backbone.output_shape()), f"{name}: the pixel decoder reads only {sorted(read)}"
+        padded = [-(-size // model.size_divisibility) * model.size_divisibility for size in (HEIGHT, WIDTH)]
+        assert tuple(seen["mask_features"][-2:]) == (padded[0] // 4, padded[1] // 4)

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from detectron2.modeling import ShapeSpec
 
 from vlt.modeling.backbone import CLIPResNetBackbone
-from vlt.modeling.seg import DeepLabV3PlusHead
+from vlt.modeling.seg import VLTDeepLabV3PlusHead
 from vlt.utils.config import load_config
 
 torch.set_num_threads(1)
@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 
 def head_for(backbone, num_classes=5, **kwargs):
     shapes = backbone.output_shape()
-    return DeepLabV3PlusHead(
+    return VLTDeepLabV3PlusHead(
         in_feature="res5", in_channels=shapes["res5"].channels, low_level_feature="res2",
         low_level_channels=shapes["res2"].channels, num_classes=num_classes, **kwargs,
     )
@@ -30,7 +30,7 @@ def test_output_shape_and_stride():
 def test_from_config_doubles_rates_at_output_stride_8():
     cfg = load_config("configs/famix_gta_rn50.yaml", freeze=False)
     shapes = {"res2": ShapeSpec(channels=64, stride=4), "res5": ShapeSpec(channels=512, stride=8)}
-    args = DeepLabV3PlusHead.from_config(cfg, shapes)
+    args = VLTDeepLabV3PlusHead.from_config(cfg, shapes)
     assert args["aspp_rates"] == [12, 24, 36]
     assert args["label_smoothing"] == 0.1 and args["num_classes"] == 19 and args["low_level_projection"] == 48
 

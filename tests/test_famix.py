@@ -11,6 +11,7 @@ from vlt.modeling.adapters.famix import (
     patch_mean_std,
 )
 from vlt.modeling.adapters.style_mining import StyleBank
+from vlt.modeling.backbone import get_vit
 from vlt.utils.config import load_config
 
 torch.set_num_threads(1)
@@ -83,26 +84,27 @@ def test_beta_weight_is_shared_by_the_patches_of_a_sample():
 def test_eval_mode_and_missing_targets_leave_features_untouched():
     mixer = make_mixer(c1=torch.rand(1, 2, C))
     x = torch.rand(1, C, 4, 4)
-    assert mixer(x) is x  # no targets
-    mixer.set_targets(torch.ones(1, 4, 4, dtype=torch.long))
-    assert not torch.equal(mixer(x), x)
+    assert mixer(x) is x and mixer(x, {}) is x  # no labels
+    context = {"sem_seg": torch.ones(1, 4, 4, dtype=torch.long)}
+    assert not torch.equal(mixer(x, context), x)
     mixer.eval()
-    assert mixer(x) is x
+    assert mixer(x, context) is x
 
 
 def test_token_hook_restyles_patch_tokens_of_its_block_only():
     mixer = make_mixer(c1=torch.stack([torch.zeros(C), torch.ones(C)])[None])
     hook = TokenStyleMixerHook(mixer, block_index=1, num_prefix_tokens=1)
     tokens = torch.randn(2, 1 + 16, C)
-    mixer.set_targets(torch.ones(2, 16, 16, dtype=torch.long))
-    assert hook(0, tokens, (4, 4)) is tokens
-    out = hook(1, tokens, (4, 4))
+    context = {"sem_seg": torch.ones(2, 16, 16, dtype=torch.long)}
+    assert hook(0, tokens, (4, 4), context) is tokens
+    assert hook(1, tokens, (4, 4), {}) is tokens  # no labels: untouched
+    out = hook(1, tokens, (4, 4), context)
     assert torch.equal(out[:, 0], tokens[:, 0])
     grid = tokens[:, 1:].transpose(1, 2).reshape(2, C, 4, 4)
     torch.manual_seed(1)
-    mixed = hook(1, tokens, (4, 4))
+    mixed = hook(1, tokens, (4, 4), context)
     torch.manual_seed(1)
-    reference = mixer.mix(grid, mixer._targets).flatten(2).transpose(1, 2)
+    reference = mixer.mix(grid, context["sem_seg"]).flatten(2).transpose(1, 2)
     assert torch.allclose(mixed[:, 1:], reference)
 
 
@@ -121,8 +123,9 @@ def test_configs_build_the_per_pixel_segmentor_with_the_mixer(tmp_path, path):
     cfg = tiny_cfg(path, ["MODEL.FAMIX.STYLE_BANK", str(tmp_path / "bank.pth")])
     model = build_model(cfg)
     assert type(model).__name__ == "PerPixelSegmentor"
-    assert model.backbone.stage_hooks["res2"] is model.style_mixer
-    assert model.style_mixer.bank_count[0] == 1 and model.style_mixer.bank_count[19] == 1
+    mixer = model.backbone.stage_hooks["res2"]
+    assert isinstance(mixer, PatchStyleMixer)
+    assert mixer.bank_count[0] == 1 and mixer.bank_count[19] == 1
     assert tuple(model.pixel_mean.flatten().tolist()) == pytest.approx(
         tuple(v for v in model.backbone.pixel_mean))
 
@@ -136,7 +139,8 @@ def test_segmentor_trains_with_mixing_and_infers_at_the_original_size(tmp_path):
                                                     "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3"])
     model = build_model(cfg)
     calls = []
-    model.style_mixer.register_forward_hook(lambda m, i, o: calls.append(m._targets is not None))
+    model.backbone.stage_hooks["res2"].register_forward_hook(
+        lambda m, i, o: calls.append(tuple(i[1]["sem_seg"].shape) if "sem_seg" in i[1] else None))
     image = torch.randint(0, 256, (3, 60, 70), dtype=torch.uint8)
     label = torch.zeros(60, 70, dtype=torch.long)
     label[:, 35:] = 1
@@ -151,7 +155,7 @@ def test_segmentor_trains_with_mixing_and_infers_at_the_original_size(tmp_path):
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert calls and all(calls) and model.style_mixer._targets is None  # labels given, then cleared
+    assert calls == [(2, 64, 96)] * 10  # the padded labels reach the mixer through the backbone call
     assert losses[-1] < losses[0]
     model.eval()
     with torch.no_grad():
@@ -170,16 +174,17 @@ def test_vit_backbone_gets_the_mixer_as_a_block_hook(tmp_path):
         "MODEL.FAMIX.TAP", "block1", "MODEL.FAMIX.STYLE_BANK", str(tmp_path / "bank.pth"),
         "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3"])
     model = build_model(cfg).train()
-    assert not model.style_mixer.relu
+    mixer = get_vit(model.backbone).block_hooks[0].mixer
+    assert not mixer.relu
     calls = []
-    model.style_mixer.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape)))
+    mixer.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape)))
     image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
     losses = model([{"image": image, "sem_seg": torch.zeros(64, 64, dtype=torch.long)}] * 2)
     assert torch.isfinite(losses["loss_sem_seg"]) and calls == [(2, 64, 4, 4)]
     model.eval()
     with torch.no_grad():
         model([{"image": image}])
-    assert len(calls) == 1 and model.style_mixer._targets is None  # eval: the hook skips the mixer
+    assert len(calls) == 1  # eval: the hook skips the mixer
 
 
 def test_a_missing_or_unfinished_style_bank_says_what_to_run(tmp_path):

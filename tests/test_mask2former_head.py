@@ -1,4 +1,4 @@
-"""MaskFormerHead: built from the config through D2's registry, output shapes on a 4-level feature dict, external
+"""VLTMaskFormerHead: built from the config through D2's registry, output shapes on a 4-level feature dict, external
 queries, the official Mask2Former state-dict layout, a few training steps with the criterion, and
 semantic_inference."""
 import torch
@@ -8,7 +8,7 @@ from detectron2.modeling import build_sem_seg_head
 from torch import nn
 
 from vlt import add_vlt_config
-from vlt.modeling.seg import MaskFormerHead, build_mask2former_criterion, semantic_inference, targets_from_sem_seg
+from vlt.modeling.seg import VLTMaskFormerHead, build_mask2former_criterion, semantic_inference, targets_from_sem_seg
 from vlt.modeling.seg.ms_deform_attn import MultiScaleDeformableAttention
 
 SMALL_CHANNELS = {"res2": 16, "res3": 24, "res4": 32, "res5": 48}
@@ -51,7 +51,7 @@ def build_small_head():
 
 def test_head_from_registry_outputs():
     head = build_small_head()
-    assert isinstance(head, MaskFormerHead) and head.num_classes == 4 and head.ignore_value == 255
+    assert isinstance(head, VLTMaskFormerHead) and head.num_classes == 4 and head.ignore_value == 255
     assert all(m.impl == "pytorch" for m in head.modules() if isinstance(m, MultiScaleDeformableAttention))
     assert len(head.predictor.transformer_self_attention_layers) == 2
     out = head(small_features())

@@ -6,6 +6,7 @@ from detectron2.config import get_cfg
 
 from vlt.config import add_vlt_config
 from vlt.modeling.backbone import (
+    BlockHook,
     OpenCLIPViT,
     VisionTower,
     build_open_clip_model,
@@ -132,13 +133,45 @@ def test_simple_feature_pyramid_mode(name):
     assert isinstance(get_vit(backbone), OpenCLIPViT)
 
 
-def test_patch14_native_strides_follow_the_grid():
+def test_patch14_native_taps_have_nominal_strides_and_sizes():
     backbone = build_open_clip_vit_backbone(_cfg("VLT-ViT-Tiny-14", OUT_MODE="taps"), None)
-    assert backbone.size_divisibility == 28
-    out = backbone(torch.randn(1, 3, 56, 84))
-    assert out["res4"].shape[-2:] == (4, 6) and out["res2"].shape[-2:] == (16, 24)
-    with pytest.raises(ValueError, match="multiple of the patch size"):
-        backbone(torch.randn(1, 3, 64, 64))
+    assert backbone.size_divisibility == 32
+    out = backbone(torch.randn(1, 3, 64, 96))  # padded to 84x112 inside: a 6x8 patch grid
+    for level, stride in zip(["res2", "res3", "res4", "res5"], [4, 8, 16, 32]):
+        assert backbone.output_shape()[level].stride == stride
+        assert out[level].shape[-2:] == (64 // stride, 96 // stride)
+    with pytest.raises(ValueError, match="not a multiple of 32"):
+        backbone(torch.randn(1, 3, 56, 84))
+
+
+@pytest.mark.parametrize("patch", [14, 16])
+@pytest.mark.parametrize("scale,stride", [(4.0, 4), (2.0, 8), (1.0, 16), (0.5, 32)])
+def test_tap_resampling_is_geometrically_exact(patch, scale, stride):
+    """A map whose value is each patch's centre x coordinate in pixels, resampled to the nominal grid, holds each
+    nominal cell's centre (bilinear reproduces a linear ramp exactly away from the borders)."""
+    from vlt.modeling.backbone.open_clip_vit import _TapResampler
+
+    height, width = 64, 128
+    grid_w = -(-width // (2 * patch)) * 2  # the padding rule: an even patch grid covering the input
+    centres = (torch.arange(grid_w) + 0.5) * patch
+    grid_map = centres.view(1, 1, 1, -1).expand(1, 1, 4, grid_w).contiguous()
+    out = _TapResampler(scale, 1, "interpolate", "", patch)(grid_map, (height // stride, width // stride))
+    assert out.shape[-1] == width // stride
+    expected = (torch.arange(width // stride) + 0.5) * stride
+    inner = slice(2, width // stride - 2) if width // stride > 4 else slice(1, -1)
+    torch.testing.assert_close(out[0, 0, 0, inner], expected[inner])
+
+
+def test_tower_stops_after_the_last_tapped_block():
+    backbone = build_open_clip_vit_backbone(_cfg("VLT-ViT-Small-16", OUT_INDICES=[0, 1, 2, 3]), None)
+    ran = []
+    for index, block in enumerate(get_vit(backbone).tower.blocks):
+        block.register_forward_hook(lambda module, args, out, index=index: ran.append(index))
+    backbone(torch.randn(1, 3, 32, 32))
+    assert ran == [0, 1, 2, 3] and get_vit(backbone).depth == 6
+    trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
+    assert any(".resblocks.3." in n for n in trainable)
+    assert not any(".resblocks.4." in n or ".resblocks.5." in n for n in trainable)  # never run, never trained
 
 
 def test_default_tap_indices():
@@ -154,21 +187,29 @@ def test_block_hooks_are_called_after_every_block_and_change_output(name):
     with torch.no_grad():
         before = backbone(x)["res5"]
 
-    class AddOne(torch.nn.Module):
+    class AddOne(BlockHook):
         def __init__(self):
             super().__init__()
             self.calls = []
 
-        def forward(self, i, tokens, grid):
-            self.calls.append((i, tuple(tokens.shape), grid))
+        def forward(self, i, tokens, grid, context):
+            self.calls.append((i, tuple(tokens.shape), grid, context.get("tag")))
             return tokens + 1.0
+
+        def extras(self):
+            return {"calls": len(self.calls)}
 
     hook = AddOne()
     backbone.add_block_hook(hook)
     with torch.no_grad():
         after = backbone(x)["res5"]
-    assert [c[0] for c in hook.calls] == [0, 1, 2, 3]
+        _, extras = backbone.forward_with_extras(x, {"tag": "ctx"})
+    assert [c[0] for c in hook.calls] == [0, 1, 2, 3, 0, 1, 2, 3]
     assert all(c[1] == (1, 17, 64) and c[2] == (4, 4) for c in hook.calls)
+    assert [c[3] for c in hook.calls] == [None] * 4 + ["ctx"] * 4  # the context reaches every call
+    assert extras == {"calls": 8}
+    with pytest.raises(TypeError, match="BlockHook"):
+        backbone.add_block_hook(torch.nn.Identity())
     assert not torch.allclose(before, after)
     assert any(k.startswith("block_hooks.0") for k in backbone.state_dict()) is False  # no params, no keys
 

@@ -1,4 +1,4 @@
-"""MSDeformAttnPixelDecoder: output shapes/strides, positional encoding values, reference points, cross-level
+"""VLTMSDeformAttnPixelDecoder: output shapes/strides, positional encoding values, reference points, cross-level
 attention, the FPN step, fp32 under autocast, and config wiring."""
 import math
 
@@ -6,7 +6,7 @@ import torch
 from detectron2.layers import ShapeSpec
 
 from vlt.modeling.seg.ms_deform_attn import MultiScaleDeformableAttention
-from vlt.modeling.seg.pixel_decoder import DeformableEncoderStack, MSDeformAttnPixelDecoder
+from vlt.modeling.seg.pixel_decoder import DeformableEncoderStack, VLTMSDeformAttnPixelDecoder
 from vlt.modeling.seg.position_encoding import PositionEmbeddingSine
 
 CHANNELS = {"res2": 8, "res3": 12, "res4": 16, "res5": 20}
@@ -32,7 +32,7 @@ def small_decoder(**overrides):
     )
     kwargs.update(overrides)
     torch.manual_seed(0)
-    decoder = MSDeformAttnPixelDecoder(input_shape(), **kwargs).eval()
+    decoder = VLTMSDeformAttnPixelDecoder(input_shape(), **kwargs).eval()
     # Move away from the initialization, where sampling offsets and attention weights ignore the query.
     for module in decoder.modules():
         if isinstance(module, MultiScaleDeformableAttention):
@@ -147,7 +147,7 @@ def test_from_config_reads_head_keys():
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 3
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 2
     cfg.MODEL.SEM_SEG_HEAD.DEFORM_ATTN_IMPL = "pytorch"
-    decoder = MSDeformAttnPixelDecoder(cfg, input_shape())
+    decoder = VLTMSDeformAttnPixelDecoder(cfg, input_shape())
     assert len(decoder.transformer.encoder.layers) == 3
     attention = decoder.transformer.encoder.layers[0].self_attn
     assert isinstance(attention, MultiScaleDeformableAttention)

@@ -61,7 +61,7 @@ def test_refinement_equals_the_paper_equations(rank):
             x, tokens.detach(), rein.mlp_token2feat.weight.detach(), rein.mlp_token2feat.bias.detach(),
             rein.mlp_delta_f.weight.detach(), rein.mlp_delta_f.bias.detach(), rein.learnable_scale.item(), prefix,
         )
-        out = rein(layer, x, (1, 7))
+        out = rein(layer, x, (1, 7), {})
         torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
         assert torch.equal(out[:, :prefix], x[:, :prefix])  # class token untouched
 
@@ -171,9 +171,9 @@ def test_only_rein_and_head_train_and_the_tower_stays_bit_identical(model_name, 
     assert sorted(changed) == sorted(rein_before)  # every Rein parameter received a gradient and moved
     assert model.rein.query_feat_proj.weight.grad is not None
     assert model.sem_seg_head.predictor.class_embed.weight.grad is not None
-    # Linked queries replace the head's learnable ones.
-    assert model.sem_seg_head.predictor.query_feat.weight.grad is None
-    assert model.sem_seg_head.predictor.query_embed.weight.grad is None
+    # Linked queries replace the head's learnable ones, which are not created (no parameter without a gradient).
+    assert model.sem_seg_head.predictor.query_feat is None and model.sem_seg_head.predictor.query_embed is None
+    assert not any("predictor.query_feat" in k or "predictor.query_embed" in k for k in model.state_dict())
     assert "Rein itself" in rein_trainable_report(model)
 
 
@@ -191,8 +191,10 @@ def test_linked_queries_train_through_the_real_head_and_lower_the_loss():
     torch.manual_seed(0)
     cfg = rein_cfg("VLT-ViT-Tiny-16", num_tokens=10)
     model = build_model(cfg)
-    query_feat, query_pos = model.rein.linked_queries(3)
+    _, extras = model.backbone.forward_with_extras(torch.zeros(1, 3, 32, 32))
+    query_feat, query_pos = model.rein(extras["linked_queries"], 3)
     assert query_feat.shape == query_pos.shape == (3, 10, cfg.MODEL.MASK_FORMER.HIDDEN_DIM)
+    assert torch.equal(query_pos[0], get_vit(model.backbone).block_hooks[0].linked_queries())
     batch = [stripes(seed=s) for s in range(2)]
     outputs = model.predict_masks(torch.zeros(2, 3, 64, 96))
     assert outputs["pred_logits"].shape == (2, 10, 5)  # one prediction per linked token
@@ -211,9 +213,10 @@ def test_linked_queries_train_through_the_real_head_and_lower_the_loss():
 
 def test_linking_off_gives_no_queries_and_the_head_keeps_its_own():
     model = build_model(rein_cfg(link=False))
-    assert model.rein.linked_queries(2) is None
+    assert model.rein is None
     rein = get_vit(model.backbone).block_hooks[0]
-    assert not hasattr(rein, "transform") and model.rein.query_feat_proj is None
+    assert not hasattr(rein, "transform") and rein.extras() == {}
+    assert model.sem_seg_head.predictor.query_feat is not None
     with pytest.raises(RuntimeError, match="LINK_QUERIES"):
         rein.linked_queries()
 
@@ -271,4 +274,5 @@ def test_configs_carry_the_release_recipe_and_build(name):
     assert list(cfg.INPUT.MIN_SIZE_TRAIN) == [int(crop[0] * x * 0.1) for x in range(5, 21)]
     model = build_model(cfg)
     assert isinstance(get_vit(model.backbone).block_hooks[0], Rein)
-    assert model.rein.linked_queries(1)[0].shape == (1, 100, 32)
+    _, extras = model.backbone.forward_with_extras(torch.zeros(1, 3, 32, 32))
+    assert model.rein(extras["linked_queries"], 1)[0].shape == (1, 100, 32)

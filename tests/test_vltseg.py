@@ -122,7 +122,7 @@ def test_eva02_tower_trains_too(model_name):
 
 
 @pytest.mark.parametrize(
-    "head, backbone, expected", [(32, 32, 32), (32, 16, 32), (32, 28, 28), (-1, 28, 28), (64, 0, 64)]
+    "head, backbone, expected", [(32, 32, 32), (32, 16, 32), (32, 28, 224), (-1, 28, 28), (64, 0, 64), (64, 32, 64)]
 )
-def test_padding_divisibility_keeps_32_where_the_tower_allows_it(head, backbone, expected):
+def test_padding_divisibility_is_the_lcm_of_head_and_backbone(head, backbone, expected):
     assert padding_divisibility(head, backbone) == expected

@@ -269,7 +269,7 @@ def _add_mask2former_config(cfg):
     cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
 
     # D2's own SEM_SEG_HEAD keys, with Mask2Former Cityscapes values instead of D2's SemSegFPNHead defaults.
-    cfg.MODEL.SEM_SEG_HEAD.NAME = "MaskFormerHead"
+    cfg.MODEL.SEM_SEG_HEAD.NAME = "VLTMaskFormerHead"
     cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 19
@@ -280,7 +280,7 @@ def _add_mask2former_config(cfg):
     # Channels of the per-pixel mask features.
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
     # Pixel decoder (registered in SEM_SEG_HEADS_REGISTRY, as in Mask2Former).
-    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "VLTMSDeformAttnPixelDecoder"
     # Deformable encoder layers of the pixel decoder.
     cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 6
     # Levels the deformable encoder attends over (strides 8, 16, 32).
@@ -323,7 +323,7 @@ def _add_famix_config(cfg):
     # Also freeze the first blocks of the stage after FROZEN_STAGES (FAMix GTA5 / Synthia: 2 blocks of layer4).
     cfg.MODEL.CLIP_RESNET.FROZEN_BLOCKS_NEXT_STAGE = 0
     cfg.MODEL.CLIP_RESNET.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    # DeepLabv3+ head (modeling/seg/deeplabv3plus.py, SEM_SEG_HEAD.NAME "DeepLabV3PlusHead"); also reads
+    # DeepLabv3+ head (modeling/seg/deeplabv3plus.py, SEM_SEG_HEAD.NAME "VLTDeepLabV3PlusHead"); also reads
     # SEM_SEG_HEAD.NUM_CLASSES, IGNORE_VALUE, LOSS_WEIGHT.
     cfg.MODEL.DEEPLAB = CN()
     cfg.MODEL.DEEPLAB.IN_FEATURE = "res5"

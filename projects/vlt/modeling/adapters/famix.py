@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbone.open_clip_vit import BlockHook
+
 __all__ = [
     "PatchStyleMixer", "TokenStyleMixerHook", "build_famix_mixer", "dominant_patch_classes", "load_style_bank",
     "patch_index_map", "patch_mean_std", "vit_tap_block",
@@ -83,10 +85,10 @@ class PatchStyleMixer(nn.Module):
     For every patch of a grid × grid split: normalise by the patch's own mean/std; sample a style (μ_s, σ_s) from
     the bank of the patch's dominant class (empty bank -> the "255" bank; both empty -> the patch's own style);
     μ = s·μ_patch + (1 - s)·μ_s and σ likewise, s ~ Beta(α, α) of shape [B, C, 1, 1] shared by a sample's
-    patches; restyle, then ReLU (CLIP ResNet, as the release). Identity in eval mode or without targets.
+    patches; restyle, then ReLU (CLIP ResNet, as the release). Identity in eval mode or without labels.
 
-    The meta-architecture gives the batch's labels with :meth:`set_targets` before the forward and clears them
-    after (:meth:`clear_targets`).
+    A stage hook of the CLIP ResNet: ``mixer(x, context)``, the batch's labels in ``context["sem_seg"]`` (the
+    meta-architecture passes them through the backbone call while training).
     """
 
     def __init__(
@@ -112,7 +114,6 @@ class PatchStyleMixer(nn.Module):
         self.register_buffer("styles", torch.cat(tables) if tables else torch.zeros(0, 2, 0), persistent=False)
         self.register_buffer("bank_count", counts, persistent=False)
         self.register_buffer("bank_offset", torch.cumsum(counts, 0) - counts, persistent=False)
-        self._targets: Optional[torch.Tensor] = None
 
     @classmethod
     def from_file(cls, path: str, num_classes: int, **kwargs) -> "PatchStyleMixer":
@@ -120,13 +121,6 @@ class PatchStyleMixer(nn.Module):
         if "grid" in bank and "grid" not in kwargs:
             kwargs["grid"] = int(bank["grid"])
         return cls({int(k): v for k, v in bank["banks"].items()}, num_classes, **kwargs)
-
-    def set_targets(self, sem_seg: torch.Tensor) -> None:
-        """Labels [B, H, W] of the coming batch (train ids, 255 = ignore)."""
-        self._targets = sem_seg
-
-    def clear_targets(self) -> None:
-        self._targets = None
 
     def sample_styles(self, classes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """A random (μ, σ) per entry of ``classes`` [B, P] from its class bank: [B, P, C] each, and a mask of
@@ -168,29 +162,31 @@ class PatchStyleMixer(nn.Module):
         out = out.view(b, c, h, w)
         return F.relu(out) if self.relu else out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self._targets is None:
+    def forward(self, x: torch.Tensor, context: Optional[Dict] = None) -> torch.Tensor:
+        """x [B, C, H, W]; ``context["sem_seg"]``: labels [B, H', W'] (train ids, 255 = ignore) of the batch."""
+        labels = (context or {}).get("sem_seg")
+        if not self.training or labels is None:
             return x
-        return self.mix(x, self._targets)
+        return self.mix(x, labels)
 
 
-class TokenStyleMixerHook(nn.Module):
+class TokenStyleMixerHook(BlockHook):
     """Block hook for the open_clip ViT / EVA02 tower (ours): style mixing of the patch tokens after one block.
 
-    hook(i, tokens [B, prefix + H*W, C], (H, W)) -> tokens; prefix tokens are left untouched.
+    hook(i, tokens [B, prefix + H*W, C], (H, W), context) -> tokens; prefix tokens are left untouched.
     """
 
     def __init__(self, mixer: PatchStyleMixer, block_index: int, num_prefix_tokens: int = 1):
         super().__init__()
         self.mixer, self.block_index, self.num_prefix_tokens = mixer, block_index, num_prefix_tokens
 
-    def forward(self, index: int, tokens: torch.Tensor, grid_hw: Tuple[int, int]) -> torch.Tensor:
-        if index != self.block_index or not self.mixer.training or self.mixer._targets is None:
+    def forward(self, index: int, tokens: torch.Tensor, grid_hw: Tuple[int, int], context: Dict) -> torch.Tensor:
+        if index != self.block_index or not self.mixer.training or context.get("sem_seg") is None:
             return tokens
         prefix, patches = tokens[:, : self.num_prefix_tokens], tokens[:, self.num_prefix_tokens:]
         b, n, c = patches.shape
         grid = patches.transpose(1, 2).reshape(b, c, *grid_hw)  # [B, C, H, W]
-        mixed = self.mixer(grid).flatten(2).transpose(1, 2)  # [B, HW, C]
+        mixed = self.mixer(grid, context).flatten(2).transpose(1, 2)  # [B, HW, C]
         return torch.cat([prefix, mixed], dim=1)
 
 

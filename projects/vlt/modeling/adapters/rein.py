@@ -16,24 +16,26 @@ block, merged by Linear(3D -> D); Q replaces the head's query positional embeddi
 query features (the release's head option ``replace_query_feat``).
 
 The tower is frozen; :class:`Rein` is a block hook of the backbone (``backbone.block_hooks.<k>.*``), so it works
-on every tower the backbone wraps (open_clip ViT, EVA02). :func:`build_rein` attaches it and returns the
-:class:`ReinQueryLink` the segmentor keeps (the head-side query projection, ``rein.*`` in its state dict).
+on every tower the backbone wraps (open_clip ViT, EVA02). With linking, the backbone's ``forward_with_extras``
+returns Rein's linked queries (extras["linked_queries"]) and the segmentor hands them to :class:`ReinQueryLink`
+(the head-side query projection, ``rein.*`` in its state dict) and on to the head. :func:`build_rein` attaches
+the hook and returns the link.
 """
 import logging
 import math
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
-from ..backbone.open_clip_vit import get_vit
+from ..backbone.open_clip_vit import BlockHook, get_vit
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Rein", "ReinQueryLink", "build_rein", "rein_trainable_report"]
 
 
-class Rein(nn.Module):
+class Rein(BlockHook):
     """Per-block learnable tokens refining the patch features after every block (Rein §3), as a block hook:
     ``tokens = rein(i, tokens [B, P + h*w, C], grid_hw)`` with the P prefix tokens passed through unchanged.
 
@@ -109,9 +111,9 @@ class Rein(nn.Module):
         aggregated = similarity[..., 1:] @ self.mlp_token2feat(tokens[1:])  # [B, N, C]
         return self.mlp_delta_f(aggregated + features)
 
-    def forward(self, index: int, tokens: torch.Tensor, grid_hw: Tuple[int, int]) -> torch.Tensor:
+    def forward(self, index: int, tokens: torch.Tensor, grid_hw: Tuple[int, int], context: Dict) -> torch.Tensor:
         """Refine the patch tokens of ``tokens`` [B, P + h*w, C] after block ``index``; prefix tokens untouched."""
-        del grid_hw
+        del grid_hw, context
         prefix, features = tokens[:, : self.num_prefix_tokens], tokens[:, self.num_prefix_tokens:]
         refined = features + self.learnable_scale * self.delta(features, index)
         return torch.cat([prefix, refined.to(tokens.dtype)], dim=1)  # keep the residual stream's dtype
@@ -125,41 +127,38 @@ class Rein(nn.Module):
         stacked = torch.stack([projected.amax(0), projected.mean(0), projected[-1]], dim=-1)  # [m, D, 3]
         return self.merge(stacked.flatten(1))  # [m, 3D] channel-major -> [m, D]
 
+    def extras(self) -> Dict[str, torch.Tensor]:
+        """What the backbone hands back with its features: the linked queries [m, D] when linking is on."""
+        return {"linked_queries": self.linked_queries()} if self.link_queries else {}
+
 
 class ReinQueryLink(nn.Module):
-    """The head side of token-query linking, kept by the segmentor as ``rein``.
+    """The head side of token-query linking, kept by the segmentor as ``rein``: ``query_feat_proj``, a Linear of the
+    linked queries that replaces the head's learnable query features (the release's
+    ``ReinMask2FormerHead.querys2feat``).
 
-    ``linked_queries(batch_size)`` returns ``(query_feat, query_pos)`` [B, m, D] for the Mask2Former head, or None
-    when linking is off. ``query_pos`` is :meth:`Rein.linked_queries`; ``query_feat`` a Linear of it (the release's
-    ``ReinMask2FormerHead.querys2feat``). :class:`Rein` itself stays in the backbone (not a submodule here, so its
-    parameters are saved once, under ``backbone.block_hooks``).
+    ``forward(linked_queries [m, D], batch_size)`` returns ``(query_feat, query_pos)`` [B, m, D] for the
+    Mask2Former head. With linking off the segmentor keeps no link.
     """
 
-    def __init__(self, rein: Rein, query_dim: int = 256):
+    def __init__(self, query_dim: int = 256):
         super().__init__()
-        self._rein = (rein,)  # a tuple hides it from nn.Module registration
-        self.query_feat_proj = nn.Linear(query_dim, query_dim) if rein.link_queries else None
+        self.query_feat_proj = nn.Linear(query_dim, query_dim)
 
-    @property
-    def rein(self) -> Rein:
-        return self._rein[0]
-
-    def linked_queries(self, batch_size: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-        if self.query_feat_proj is None:
-            return None
-        query_pos = self.rein.linked_queries()  # [m, D]
-        query_feat = self.query_feat_proj(query_pos)
+    def forward(self, linked_queries: torch.Tensor, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        query_feat = self.query_feat_proj(linked_queries)
         return (query_feat.unsqueeze(0).expand(batch_size, -1, -1),
-                query_pos.unsqueeze(0).expand(batch_size, -1, -1))
+                linked_queries.unsqueeze(0).expand(batch_size, -1, -1))
 
 
 def _count(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-def build_rein(cfg, backbone: nn.Module) -> ReinQueryLink:
+def build_rein(cfg, backbone: nn.Module) -> Optional[ReinQueryLink]:
     """Freeze the whole tower, attach a :class:`Rein` hook to ``backbone`` (``cfg.MODEL.REIN``) and return the
-    :class:`ReinQueryLink` for the segmentor. Logs Rein's trainable parameters against the tower's."""
+    :class:`ReinQueryLink` for the segmentor (None without linking). Logs Rein's trainable parameters against the
+    tower's."""
     rein_cfg = cfg.MODEL.REIN
     vit = get_vit(backbone)
     # The release trains only Rein and the head (set_requires_grad(backbone, ["reins"])): no gradients and no
@@ -175,12 +174,13 @@ def build_rein(cfg, backbone: nn.Module) -> ReinQueryLink:
         query_dim=query_dim, num_prefix_tokens=vit.num_prefix_tokens,
     )
     vit.add_block_hook(rein)
-    link = ReinQueryLink(rein, query_dim=query_dim)
+    link = ReinQueryLink(query_dim) if rein.link_queries else None
     tower = _count(vit.tower)
     logger.info(
         "Rein (%d tokens, rank %d, linking %s): %s trainable parameters (+%s query-feature projection), %.2f%% of "
         "the frozen %s-parameter tower",
-        rein.num_tokens, rein.rank, "on" if rein.link_queries else "off", f"{_count(rein):,}", f"{_count(link):,}",
+        rein.num_tokens, rein.rank, "on" if rein.link_queries else "off", f"{_count(rein):,}",
+        f"{_count(link) if link is not None else 0:,}",
         100.0 * _count(rein) / max(tower, 1), f"{tower:,}",
     )
     return link

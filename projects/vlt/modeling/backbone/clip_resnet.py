@@ -2,7 +2,7 @@
 2024, §4 "Implementation details"): res2..res5 = layer1..layer4, attention pool unused, dilated layer4 (output
 stride 16) or layer3 + layer4 (output stride 8), stages frozen in eval mode."""
 import logging
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -46,7 +46,8 @@ class CLIPResNetBackbone(Backbone):
     ``frozen_blocks_next_stage`` blocks of layer n+1 (FAMix GTA5 recipe: n = 3 and 2 blocks of layer4). Frozen
     modules get ``requires_grad=False`` and stay in eval mode (BatchNorm statistics frozen).
     Stage hooks (``add_stage_hook``) transform a stage's output in place of it (FAMix style mixing at res2): the
-    hooked map goes on to the next stage and is the returned feature.
+    hooked map goes on to the next stage and is the returned feature. They are called ``hook(x, context)`` with the
+    ``context`` the meta-architecture passes to :meth:`forward_with_extras` (``{"sem_seg": labels}`` when training).
     """
 
     @configurable
@@ -136,7 +137,8 @@ class CLIPResNetBackbone(Backbone):
         return self
 
     def add_stage_hook(self, stage: str, hook: nn.Module) -> None:
-        """Apply ``hook(x [B, C, H, W]) -> x`` to the output of ``stage`` ("res2".."res5") in every forward."""
+        """Apply ``hook(x [B, C, H, W], context) -> x`` to the output of ``stage`` ("res2".."res5") in every
+        forward."""
         if stage not in STAGES:
             raise ValueError(f"Unknown stage {stage!r}, expected one of {STAGES}")
         if stage in self.stage_hooks:
@@ -154,18 +156,25 @@ class CLIPResNetBackbone(Backbone):
         t = self.tower
         return {"res2": t.layer1, "res3": t.layer2, "res4": t.layer3, "res5": t.layer4}
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward_with_extras(
+        self, x: torch.Tensor, context: Optional[Dict[str, Any]] = None
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+        """Stages res2.. up to the last output feature, ``context`` handed to the stage hooks; no extras."""
+        context = {} if context is None else context
         x = self.stem(x.to(self.tower.conv1.weight.dtype))
         outputs = {}
         for name, layer in self.stage_functions().items():
             x = layer(x)
             if name in self.stage_hooks:
-                x = self.stage_hooks[name](x)
+                x = self.stage_hooks[name](x, context)
             if name in self._out_features:
                 outputs[name] = x
             if len(outputs) == len(self._out_features):
                 break
-        return outputs
+        return outputs, {}
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.forward_with_extras(x)[0]
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {

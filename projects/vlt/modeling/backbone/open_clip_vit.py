@@ -4,17 +4,29 @@ Two ways to get a multi-scale pyramid out of a plain ViT, both used by the paper
 
 - ``"taps"``: the outputs of four blocks (e.g. EVA02-L blocks 7/11/15/23) resized by ×4, ×2, ×1, ×0.5 — official
   Rein (bilinear resizing) and the BEiT/EVA segmentation backbones (``"deconv"``: transposed convolutions and
-  max-pooling), giving ``res2``–``res5`` at strides 4/8/16/32 with the tower's width.
+  max-pooling), giving ``res2``–``res5`` at the nominal strides 4/8/16/32 with the tower's width, whatever the
+  patch size (see "Padding rule" below).
 - ``"pyramid"``: ViTDet's simple feature pyramid from the last block (Li et al. 2022, §3), Detectron2's own
   :class:`~detectron2.modeling.backbone.vit.SimpleFeaturePyramid` on top of :class:`OpenCLIPViT`, giving
   ``p2``–``p6``.
 
-The block loop is VLT's, so adapters hook in without touching this file: after block ``i`` every registered hook
-is called as ``tokens = hook(i, tokens, grid_hw)`` (Rein refines tokens after every block; FAMix restyles them at
-a tap while training).
+The block loop is VLT's, so adapters hook in without touching this file: after block ``i`` every registered
+:class:`BlockHook` is called as ``tokens = hook(i, tokens, grid_hw, context)`` (Rein refines tokens after every
+block; FAMix restyles them at a tap while training). ``context`` is what the meta-architecture passes to
+:meth:`OpenCLIPViT.forward_with_extras` (``{"sem_seg": labels [B, H, W]}`` while training, else empty); what a hook
+gives back to the meta-architecture (Rein's linked queries) is returned by its ``extras()`` and comes back as the
+second value of ``forward_with_extras``. Plain ``forward(images)`` keeps Detectron2's backbone interface.
+
+Padding rule ('taps' mode): inputs are padded (by the meta-architecture) to a multiple of 32, the coarsest nominal
+stride. A patch-``p`` tower pads them further, bottom / right with zeros (the mean colour after normalisation), to a
+multiple of ``2p`` (an even patch grid, for the ×0.5 level), and every tapped map is resampled from its patch grid
+to exactly ``H/s × W/s`` (s = 4, 8, 16, 32): the map of cell size ``p / scale`` is rescaled by ``p / 16`` with
+pixel-exact geometry (bilinear, the given scale, not the rounded sizes) and cropped to the input's extent. With
+``p = 16`` nothing is padded or rescaled beyond the ×4 / ×2 / ×1 / ×0.5 resampling itself; with ``p = 14`` (native
+EVA02-L-14) a 512 crop runs a 38×38 grid and gives 128/64/32/16 maps.
 """
 import logging
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +42,14 @@ from .vision_tower import VisionTower, build_vision_tower
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "OpenCLIPSimpleFeaturePyramid", "OpenCLIPViT", "build_open_clip_vit_backbone", "default_tap_indices", "get_vit",
+    "BlockHook", "NOMINAL_TAP_STRIDES", "OpenCLIPSimpleFeaturePyramid", "OpenCLIPViT", "build_open_clip_vit_backbone",
+    "default_tap_indices", "get_vit",
 ]
+
+# Strides of res2..res5 in 'taps' mode, whatever the patch size (Mask2Former / mmseg pixel decoders assume them).
+NOMINAL_TAP_STRIDES = (4, 8, 16, 32)
+# The patch size at which the ×4 / ×2 / ×1 / ×0.5 resampling of the patch grid gives the nominal strides exactly.
+_NOMINAL_PATCH = 16
 
 
 def default_tap_indices(depth: int) -> List[int]:
@@ -40,12 +58,29 @@ def default_tap_indices(depth: int) -> List[int]:
     return [depth - 1 - step * k for k in (3, 2, 1, 0)]
 
 
-class _TapResampler(nn.Module):
-    """Resizes one tapped [B, C, h, w] map by a fixed factor (×4, ×2, ×1 or ×0.5)."""
+class BlockHook(nn.Module):
+    """Base of the modules called after the tower's blocks (adapters: Rein, FAMix on a ViT).
 
-    def __init__(self, scale: float, channels: int, mode: str, norm: str):
+    ``forward(index, tokens [B, P + h*w, C], grid_hw, context) -> tokens``; ``extras()`` returns what the hook hands
+    back to the meta-architecture after the forward (default: nothing).
+    """
+
+    def forward(self, index: int, tokens: torch.Tensor, grid_hw: Tuple[int, int], context: Dict[str, Any]):
+        raise NotImplementedError
+
+    def extras(self) -> Dict[str, Any]:
+        return {}
+
+
+class _TapResampler(nn.Module):
+    """Resizes one tapped [B, C, h, w] patch-grid map by a fixed factor (×4, ×2, ×1 or ×0.5), then (patch sizes
+    other than 16) rescales it to the nominal stride and crops it to ``out_hw`` (module docstring, padding rule)."""
+
+    def __init__(self, scale: float, channels: int, mode: str, norm: str, patch_size: int = _NOMINAL_PATCH):
         super().__init__()
         self.scale, self.mode = scale, mode
+        # Cell size of the map after the fixed factor is patch / scale px; the nominal one is 16 / scale px.
+        self.rescale = patch_size / _NOMINAL_PATCH
         if mode == "interpolate" or scale == 1.0:
             self.layers = nn.Identity()
         elif mode == "deconv":
@@ -63,17 +98,27 @@ class _TapResampler(nn.Module):
         else:
             raise ValueError(f"cfg.MODEL.OPEN_CLIP.TAPS_RESAMPLE must be 'interpolate' or 'deconv', got '{mode}'")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "interpolate" and self.scale != 1.0:
-            return F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        return self.layers(x)
+    def forward(self, x: torch.Tensor, out_hw: Tuple[int, int]) -> torch.Tensor:
+        if self.mode == "interpolate":
+            # One bilinear resampling from the patch grid straight to the nominal stride.
+            scale = self.scale * self.rescale
+            if scale != 1.0:
+                x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False,
+                                  recompute_scale_factor=False)
+        else:
+            x = self.layers(x)
+            if self.rescale != 1.0:
+                x = F.interpolate(x, scale_factor=self.rescale, mode="bilinear", align_corners=False,
+                                  recompute_scale_factor=False)
+        return x[..., : out_hw[0], : out_hw[1]]
 
 
 class OpenCLIPViT(Backbone):
     """An open_clip ViT / EVA02 tower as a D2 backbone, with VLT's own block loop and block hooks.
 
-    Outputs ``res2``–``res5`` from four tapped blocks (``taps``), or ``last_feat`` (stride = patch size) from the
-    last block for :class:`SimpleFeaturePyramid`.
+    Outputs ``res2``–``res5`` at the nominal strides 4/8/16/32 from four tapped blocks (``taps``), or ``last_feat``
+    (stride = patch size) from the last block for :class:`SimpleFeaturePyramid`. The loop stops after the last
+    block an output needs; blocks after it never run and are frozen (no parameter without a gradient).
     """
 
     def __init__(
@@ -114,20 +159,27 @@ class OpenCLIPViT(Backbone):
             bad = [i for i in self.out_indices if not 0 <= i < self.depth]
             if bad:
                 raise ValueError(f"OUT_INDICES {bad} outside the tower's {self.depth} blocks (0-based)")
+            if sorted(set(self.out_indices)) != self.out_indices:
+                raise ValueError(f"OUT_INDICES {self.out_indices} must be distinct and increasing (res2 first)")
             scales = (4.0, 2.0, 1.0, 0.5)
             self.resamplers = nn.ModuleList(
-                _TapResampler(s, self.width, taps_resample, taps_norm) for s in scales
+                _TapResampler(s, self.width, taps_resample, taps_norm, self.patch_size) for s in scales
             )
-            # Strides in pixels; exact (4/8/16/32) for patch 16, fractional patch/4... for patch 14 (rounded).
-            self._out_feature_strides = {
-                name: max(1, round(self.patch_size / s)) for name, s in zip(self._out_features, scales)
-            }
+            self._out_feature_strides = dict(zip(self._out_features, NOMINAL_TAP_STRIDES))
             self._out_feature_channels = {name: self.width for name in self._out_features}
+        self.last_block = max(self.out_indices)
         self.freeze(frozen_blocks)
+        # Blocks after the last tap never run: no gradient, so not trainable (DDP, optimizer state).
+        for name, layer_id in self.tower.layer_ids_of_parameters():
+            if layer_id > self.last_block + 1:
+                self.tower.get_parameter(name).requires_grad_(False)
 
     # ----------------------------------------------------------------------------------------------------- #
-    def add_block_hook(self, hook: nn.Module) -> None:
-        """Register ``hook``: after block i, ``tokens = hook(i, tokens, grid_hw)``."""
+    def add_block_hook(self, hook: BlockHook) -> None:
+        """Register ``hook``: after block i, ``tokens = hook(i, tokens, grid_hw, context)``."""
+        if not isinstance(hook, BlockHook):
+            raise TypeError(f"Block hooks derive from BlockHook (forward(index, tokens, grid_hw, context)); got "
+                            f"{type(hook).__name__}")
         self.block_hooks.append(hook)
 
     def freeze(self, frozen_blocks: int) -> None:
@@ -141,38 +193,61 @@ class OpenCLIPViT(Backbone):
 
     @property
     def size_divisibility(self) -> int:
-        # The ×0.5 level needs an even patch grid.
-        return self.patch_size * (2 if self.resamplers is not None else 1)
+        # 'taps': the coarsest nominal stride (the tower pads further to its patch grid itself); 'last_feat': the
+        # patch size (the simple feature pyramid asks for an even grid).
+        return NOMINAL_TAP_STRIDES[-1] if self.resamplers is not None else self.patch_size
 
     # ----------------------------------------------------------------------------------------------------- #
-    def forward_tokens(self, images: torch.Tensor) -> Tuple[List[torch.Tensor], Tuple[int, int]]:
-        """Run the tower; returns the tapped blocks' tokens [B, P + h*w, C] and the grid (h, w)."""
+    def forward_tokens(
+        self, images: torch.Tensor, context: Optional[Dict[str, Any]] = None
+    ) -> Tuple[List[torch.Tensor], Tuple[int, int]]:
+        """Run the tower up to the last tapped block; returns the tapped blocks' tokens [B, P + h*w, C] and the
+        grid (h, w). ``context`` is handed to every block hook."""
+        context = {} if context is None else context
         x, grid, rope = self.tower.embed(images)
         taps = []
-        for i in range(self.depth):
+        for i in range(self.last_block + 1):
             if self.grad_checkpointing and self.training:
                 x = checkpoint(self.tower.run_block, i, x, rope, use_reentrant=False)
             else:
                 x = self.tower.run_block(i, x, rope)
             for hook in self.block_hooks:
-                x = hook(i, x, grid)
+                x = hook(i, x, grid, context)
             if i in self.out_indices:
                 taps.append(x)
         return taps, grid
 
-    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """images: normalized [B, 3, H, W], H and W multiples of ``size_divisibility``."""
+    def forward_with_extras(
+        self, images: torch.Tensor, context: Optional[Dict[str, Any]] = None
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+        """images: normalized [B, 3, H, W], H and W multiples of ``size_divisibility``; ``context``: inputs for the
+        block hooks (e.g. {"sem_seg": labels}). Returns the features and the hooks' extras (e.g. Rein's
+        "linked_queries")."""
         h_in, w_in = images.shape[-2:]
-        if h_in % self.patch_size or w_in % self.patch_size:
+        div = self.size_divisibility
+        if h_in % div or w_in % div:
             raise ValueError(
-                f"Input size {h_in}x{w_in} is not a multiple of the patch size {self.patch_size}: pad the images "
-                f"to backbone.size_divisibility ({self.size_divisibility})."
+                f"Input size {h_in}x{w_in} is not a multiple of {div} (backbone.size_divisibility): pad the images."
             )
-        taps, (h, w) = self.forward_tokens(images)
+        if self.resamplers is not None:  # the padding rule of the module docstring
+            grid_div = 2 * self.patch_size
+            images = F.pad(images, (0, (-w_in) % grid_div, 0, (-h_in) % grid_div))
+        taps, (h, w) = self.forward_tokens(images, context)
         maps = [t[:, self.num_prefix_tokens:].transpose(1, 2).reshape(t.shape[0], self.width, h, w) for t in taps]
+        extras: Dict[str, Any] = {}
+        for hook in self.block_hooks:
+            extras.update(hook.extras())
         if self.resamplers is None:
-            return {"last_feat": maps[-1]}
-        return {name: r(m) for name, r, m in zip(self._out_features, self.resamplers, maps)}
+            return {"last_feat": maps[-1]}, extras
+        features = {
+            name: resample(m, (h_in // stride, w_in // stride))
+            for name, resample, m, stride in zip(self._out_features, self.resamplers, maps, NOMINAL_TAP_STRIDES)
+        }
+        return features, extras
+
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Detectron2's backbone call: the features of :meth:`forward_with_extras` without context."""
+        return self.forward_with_extras(images)[0]
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {
@@ -185,6 +260,10 @@ class OpenCLIPSimpleFeaturePyramid(SimpleFeaturePyramid):
     """D2's ViTDet simple feature pyramid over an :class:`OpenCLIPViT` (p2–p6 from the last block)."""
 
     def __init__(self, net: OpenCLIPViT, out_channels: int, norm: str, square_pad: int = 0):
+        if net.patch_size != _NOMINAL_PATCH:
+            # D2 names the levels p<log2(stride)> from the tower's stride: patch 14 gives no p2..p6.
+            raise ValueError(f"The simple feature pyramid needs a patch-{_NOMINAL_PATCH} tower (strides 4..64); "
+                             f"this one has patch {net.patch_size}: set MODEL.OPEN_CLIP.PATCH_SIZE {_NOMINAL_PATCH}")
         super().__init__(
             net, in_feature="last_feat", out_channels=out_channels, scale_factors=(4.0, 2.0, 1.0, 0.5),
             top_block=LastLevelMaxPool(), norm=norm, square_pad=square_pad,
@@ -196,6 +275,19 @@ class OpenCLIPSimpleFeaturePyramid(SimpleFeaturePyramid):
     @property
     def size_divisibility(self) -> int:
         return self._size_divisibility
+
+    def forward_with_extras(
+        self, images: torch.Tensor, context: Optional[Dict[str, Any]] = None
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+        """p2–p6 from the tower's last block (ViTDet §3), and the block hooks' extras."""
+        bottom_up, extras = self.net.forward_with_extras(images, context)
+        last = bottom_up[self.in_feature]
+        results = [stage(last) for stage in self.stages]
+        results.extend(self.top_block(results[self._out_features.index(self.top_block.in_feature)]))
+        return dict(zip(self._out_features, results)), extras
+
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.forward_with_extras(images)[0]
 
 
 def get_vit(backbone: nn.Module) -> OpenCLIPViT:

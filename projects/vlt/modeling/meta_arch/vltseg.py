@@ -4,6 +4,7 @@ The segmentor wires the backbone (optionally wrapped by Rein or FAMix), the Mask
 semantic inference (whole image, sliding window, flip / multi-scale TTA) at the dataset's test resolution.
 """
 import logging
+import math
 from typing import Dict, List, Optional
 
 import torch
@@ -21,16 +22,12 @@ __all__ = ["VLTSegmentor"]
 
 
 def padding_divisibility(head_divisibility: int, backbone_divisibility: int) -> int:
-    """What inputs are padded to a multiple of: Mask2Former's SIZE_DIVISIBILITY (32) when the backbone can take it
-    (a multiple of the backbone's own, e.g. 2 x patch 16), else the backbone's (a native patch-14 tower: 28; 32 is no
-    multiple of 14, and the lcm 224 would pad a 512 crop to 672). ``head_divisibility`` <= 0: the backbone's."""
+    """What inputs are padded to a multiple of: Mask2Former's SIZE_DIVISIBILITY (32) and the backbone's own (32 for
+    the nominal strides of 'taps', whatever the patch size), their least common multiple; ``head_divisibility`` <= 0:
+    the backbone's."""
     if head_divisibility <= 0 or backbone_divisibility <= 0:
         return max(head_divisibility, backbone_divisibility, 0)
-    if head_divisibility % backbone_divisibility == 0:
-        return head_divisibility
-    logger.info("Padding inputs to multiples of %d (the backbone's), not MODEL.MASK_FORMER.SIZE_DIVISIBILITY %d",
-                backbone_divisibility, head_divisibility)
-    return backbone_divisibility
+    return math.lcm(head_divisibility, backbone_divisibility)
 
 
 @META_ARCH_REGISTRY.register()
@@ -43,11 +40,14 @@ class VLTSegmentor(SemanticSegmentorBase):
 
     @configurable
     def __init__(self, *, criterion: nn.Module, rein: Optional[nn.Module] = None, **kwargs):
-        """``criterion``: Mask2Former's set criterion; ``rein``: Rein (its tokens give the queries), or None; the
-        rest as ``SemanticSegmentorBase``."""
+        """``criterion``: Mask2Former's set criterion; ``rein``: Rein's query link (the backbone's Rein hook returns
+        the linked queries, this turns them into the head's queries), or None; the rest as
+        ``SemanticSegmentorBase``."""
         super().__init__(**kwargs)
         self.criterion = criterion
         self.rein = rein
+        if rein is not None:  # the linked queries replace the learnable ones: do not keep them untrained
+            self.sem_seg_head.predictor.remove_learnable_queries()
 
     @classmethod
     def from_config(cls, cfg):
@@ -69,17 +69,16 @@ class VLTSegmentor(SemanticSegmentorBase):
         }
 
     def checkpoint_optional_keys(self) -> List[str]:
-        """The criterion's buffers (rebuilt from the config), and with Rein's linking the head's free query
-        embeddings, which the linked tokens replace (official Rein checkpoints have none)."""
-        keys = [f"criterion.{k}" for k in self.criterion.state_dict()]
-        if self.rein is not None and self.rein.query_feat_proj is not None:
-            keys += [f"sem_seg_head.predictor.{k}.weight" for k in ("query_embed", "query_feat")]
-        return keys
+        """The criterion's buffers (rebuilt from the config)."""
+        return [f"criterion.{k}" for k in self.criterion.state_dict()]
 
-    def predict_masks(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Backbone + head on normalized images [B, 3, H, W] (H, W multiples of size_divisibility)."""
-        features = self.backbone(images)
-        queries = self.rein.linked_queries(images.shape[0]) if self.rein is not None else None
+    def predict_masks(self, images: torch.Tensor, context: Optional[Dict] = None) -> Dict[str, torch.Tensor]:
+        """Backbone + head on normalized images [B, 3, H, W] (H, W multiples of size_divisibility); ``context`` goes
+        to the backbone's hooks (labels for FAMix while training)."""
+        features, extras = self.backbone.forward_with_extras(images, context)
+        queries = None
+        if self.rein is not None:
+            queries = self.rein(extras["linked_queries"], images.shape[0])
         return self.sem_seg_head(features, queries=queries)
 
     def padded_scores(self, images: torch.Tensor) -> torch.Tensor:
@@ -91,7 +90,7 @@ class VLTSegmentor(SemanticSegmentorBase):
         """Mask2Former's set losses (class CE, mask BCE, dice; deep supervision), weighted."""
         images, labels = self.padded_batch(batched_inputs)
         targets = [targets_from_sem_seg(label, self.ignore_value) for label in labels]
-        losses = self.criterion(self.predict_masks(images), targets)
+        losses = self.criterion(self.predict_masks(images, {"sem_seg": labels}), targets)
         weights = self.criterion.weight_dict
         unknown = [k for k in losses if k not in weights]
         if unknown:

@@ -8,7 +8,7 @@ from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-__all__ = ["ASPP", "DeepLabV3PlusHead"]
+__all__ = ["ASPP", "VLTDeepLabV3PlusHead"]
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int, dilation: int = 1) -> nn.Sequential:
@@ -44,7 +44,7 @@ class ASPP(nn.Module):
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
-class DeepLabV3PlusHead(nn.Module):
+class VLTDeepLabV3PlusHead(nn.Module):
     """DeepLabv3+ decoder; forward(features) -> logits [B, K, H/4, W/4] at the low-level feature's stride.
 
     ``losses(logits, targets)``: cross-entropy with label smoothing (FAMix release: 0.1), ignore 255, logits

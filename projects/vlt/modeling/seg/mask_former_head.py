@@ -1,5 +1,5 @@
 """Mask2Former's segmentation head: pixel decoder + masked-attention transformer decoder, registered as
-``MaskFormerHead`` (state-dict layout ``sem_seg_head.pixel_decoder.*``, ``sem_seg_head.predictor.*`` as the
+``VLTMaskFormerHead`` (state-dict layout ``sem_seg_head.pixel_decoder.*``, ``sem_seg_head.predictor.*`` as the
 official release)."""
 from typing import Dict
 
@@ -8,7 +8,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from .pixel_decoder import MSDeformAttnPixelDecoder  # noqa: F401  (registers the pixel decoder)
+from .pixel_decoder import VLTMSDeformAttnPixelDecoder  # noqa: F401  (registers the pixel decoder)
 from .transformer_decoder import TRANSFORMER_DECODER_REGISTRY
 
 
@@ -25,7 +25,7 @@ def build_transformer_decoder(cfg, in_channels, mask_classification=True):
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
-class MaskFormerHead(nn.Module):
+class VLTMaskFormerHead(nn.Module):
     """``head(features, mask=None, queries=None)`` -> ``{"pred_logits": [B, Q, K+1], "pred_masks": [B, Q, H/4, W/4],
     "aux_outputs": [...]}`` from backbone features ``{"res2": ..., "res5": ...}``. ``queries`` (query features and
     query positions, each [B, Q, C]) replace the learnable queries (Rein's token-query linking)."""
@@ -56,7 +56,7 @@ class MaskFormerHead(nn.Module):
         super().__init__()
         if transformer_in_feature != "multi_scale_pixel_decoder":
             raise ValueError(
-                "MaskFormerHead: MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE must be 'multi_scale_pixel_decoder' "
+                "VLTMaskFormerHead: MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE must be 'multi_scale_pixel_decoder' "
                 f"(Mask2Former); got {transformer_in_feature!r} (MaskFormer v1 inputs are not implemented)"
             )
         self.in_features = [name for name, _ in sorted(input_shape.items(), key=lambda item: item[1].stride)]

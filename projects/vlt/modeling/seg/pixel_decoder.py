@@ -1,7 +1,8 @@
 """Mask2Former's pixel decoder (Mask2Former §4.1): a multi-scale deformable-attention encoder over the three
 coarsest levels (strides 8/16/32) followed by an FPN-style top-down step to stride 4 for the mask features.
 
-Module and parameter names follow the official ``MSDeformAttnPixelDecoder`` so released checkpoints load as is.
+Module and parameter names follow the official ``MSDeformAttnPixelDecoder`` so released checkpoints load as is
+(registered as ``VLTMSDeformAttnPixelDecoder``, so the official package can be imported beside VLT).
 """
 import math
 from typing import Callable, Dict, List, Optional, Union
@@ -103,7 +104,7 @@ class DeformableTransformerEncoder(nn.Module):
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
-class MSDeformAttnPixelDecoder(nn.Module):
+class VLTMSDeformAttnPixelDecoder(nn.Module):
     """Pixel decoder of Mask2Former: deformable encoder on the transformer levels, FPN top-down to common stride.
 
     ``forward(features)`` returns ``(mask_features [B, mask_dim, H/4, W/4], transformer_encoder_features
@@ -141,7 +142,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         super().__init__()
         missing = [name for name in transformer_in_features if name not in input_shape]
         if missing:
-            raise ValueError(f"MSDeformAttnPixelDecoder: transformer features {missing} are not among the inputs "
+            raise ValueError(f"VLTMSDeformAttnPixelDecoder: transformer features {missing} are not among the inputs "
                              f"{sorted(input_shape)} (MODEL.SEM_SEG_HEAD.IN_FEATURES / backbone outputs)")
         by_stride = sorted(input_shape.items(), key=lambda item: item[1].stride)
         self.in_features = [name for name, _ in by_stride]  # fine to coarse, e.g. res2..res5
@@ -174,8 +175,17 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.maskformer_num_feature_levels = 3  # the transformer decoder always attends to 3 scales
         self.common_stride = common_stride
         finest_encoder_stride = min(spec.stride for _, spec in encoder_inputs)
-        # FPN levels between the finest encoder level and the common stride (1 for stride 8 -> 4).
+        # FPN levels between the finest encoder level and the common stride (1 for stride 8 -> 4), one per input
+        # finer than the encoder levels: every backbone output is read (a mismatch would silently drop one).
         self.num_fpn_levels = int(math.log2(finest_encoder_stride) - math.log2(common_stride))
+        finer = {name: spec.stride for name, spec in by_stride if spec.stride < finest_encoder_stride}
+        if self.num_fpn_levels != len(finer) or min(finer.values(), default=common_stride) != common_stride:
+            raise ValueError(
+                f"VLTMSDeformAttnPixelDecoder: inputs {[(n, s.stride) for n, s in by_stride]} (name, stride) do not "
+                f"reach the common stride {common_stride} with one FPN level per input finer than the encoder "
+                f"levels {self.transformer_in_features}: backbone strides must be powers of two down to "
+                f"{common_stride} (MODEL.SEM_SEG_HEAD.COMMON_STRIDE)"
+            )
         use_bias = norm == ""
         lateral_convs, output_convs = [], []
         for index in range(self.num_fpn_levels):  # fine to coarse, named adapter_1 / layer_1 = finest

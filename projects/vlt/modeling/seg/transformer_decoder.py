@@ -162,7 +162,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(hidden_dim)
 
-        self.num_queries = num_queries
+        self.num_queries, self.hidden_dim = num_queries, hidden_dim
         self.query_feat = nn.Embedding(num_queries, hidden_dim)  # learnable query features X_0
         self.query_embed = nn.Embedding(num_queries, hidden_dim)  # learnable query positional embeddings
 
@@ -200,6 +200,12 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
         }
 
+    def remove_learnable_queries(self) -> None:
+        """Drop the learnable query features and positions, for a model whose queries always come from elsewhere
+        (Rein's linked tokens): they would be parameters without a gradient. ``forward`` then needs ``queries``."""
+        self.query_feat = None
+        self.query_embed = None
+
     def forward(self, x, mask_features, mask=None, queries=None):
         """
         Args:
@@ -222,11 +228,14 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         batch = src[0].shape[1]
 
         if queries is None:
+            if self.query_feat is None:
+                raise ValueError("MultiScaleMaskedTransformerDecoder: the learnable queries were removed (Rein's "
+                                 "token-query linking); pass queries=(query_feat, query_pos)")
             query_pos = self.query_embed.weight.unsqueeze(1).expand(-1, batch, -1)  # [Q, B, C]
             output = self.query_feat.weight.unsqueeze(1).expand(-1, batch, -1)
         else:
             query_feat, query_pos = queries
-            hidden_dim = self.query_feat.embedding_dim
+            hidden_dim = self.hidden_dim
             if (query_feat.dim() != 3 or query_feat.shape[0] != batch or query_feat.shape[2] != hidden_dim
                     or query_pos.shape != query_feat.shape):
                 raise ValueError(
