@@ -6,7 +6,7 @@ import torch
 from detectron2.config import get_cfg
 
 from vlt.config import add_vlt_config
-from vlt.modeling.backbone import OpenCLIPViT, VisionTower, build_open_clip_vit_backbone, timm_loader
+from vlt.modeling.backbone import BlockHook, OpenCLIPViT, VisionTower, build_open_clip_vit_backbone, timm_loader
 from vlt.modeling.backbone.timm_loader import build_timm_model, timm_pixel_stats
 from vlt.solver import tower_lr_factors
 
@@ -75,8 +75,8 @@ def test_backbone_taps_hooks_and_prefix_tokens(name):
     assert backbone.patch_size == 16 and backbone.num_prefix_tokens == PREFIX[name]
     calls = []
 
-    class Record(torch.nn.Module):
-        def forward(self, index, tokens, grid, *context):
+    class Record(BlockHook):
+        def forward(self, index, tokens, grid, context):
             calls.append((index, tuple(tokens.shape), grid))
             return tokens + 1.0
 
