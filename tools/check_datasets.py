@@ -4,6 +4,7 @@
     python tools/check_datasets.py                       # every VLT dataset (segmentation and detection)
     python tools/check_datasets.py --task det            # detection datasets only (seg: segmentation only)
     python tools/check_datasets.py --names cityscapes_fine_val acdc_det_night_val --verify-labels 20
+    python tools/check_datasets.py --dataset-file my_data.yaml --verify-labels 100   # your own datasets
 
 Segmentation datasets list their image and label files; --verify-labels N also decodes the first N labels and checks
 their values (class ids + 255). Detection datasets run their loader, which needs the images folder and the
@@ -21,6 +22,7 @@ from PIL import Image
 from tabulate import tabulate
 
 from vlt.data.datasets import SEM_SEG_DATASETS, datasets_root
+from vlt.data.datasets.custom import register_custom_datasets
 from vlt.data.datasets.det_common import DET_DATASETS
 from vlt.data.semantic_mapper import read_sem_seg
 
@@ -85,9 +87,12 @@ def main(argv=None) -> int:
                         help="which registered datasets to check when --names is not given (default: all)")
     parser.add_argument("--verify-labels", type=int, default=0, metavar="N",
                         help="check N labels each (segmentation: decode label maps; detection: images and boxes)")
+    parser.add_argument("--dataset-file", nargs="+", default=[], metavar="FILE",
+                        help="your own dataset files (YAML / JSON): register and check their datasets")
     args = parser.parse_args(argv)
+    custom = register_custom_datasets(args.dataset_file)
     defaults = {"seg": SEM_SEG_DATASETS, "det": DET_DATASETS}
-    names = args.names or [n for task in TASKS if args.task in (task, "all") for n in defaults[task]]
+    names = args.names or custom or [n for task in TASKS if args.task in (task, "all") for n in defaults[task]]
     print(f"DETECTRON2_DATASETS root: {os.path.abspath(datasets_root())}")
     rows = [check(name, args.verify_labels) for name in names]
     for task in TASKS:
@@ -100,7 +105,7 @@ def main(argv=None) -> int:
     for r in rows:
         if r["status"] != "OK":
             print(f"\n{r['dataset']}: {r['status']}")
-    return 1 if args.names and any(r["status"] != "OK" for r in rows) else 0
+    return 1 if (args.names or custom) and any(r["status"] != "OK" for r in rows) else 0
 
 
 if __name__ == "__main__":

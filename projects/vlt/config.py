@@ -134,6 +134,10 @@ def _add_data_config(cfg):
     their meaning: INPUT.FORMAT, INPUT.RANDOM_FLIP ("horizontal" / "none"), INPUT.CROP.{ENABLED,TYPE,SIZE} (TYPE
     must be "absolute", SIZE = (h, w)), and INPUT.{MIN_SIZE_TRAIN,MIN_SIZE_TRAIN_SAMPLING,MAX_SIZE_TRAIN} for
     RESIZE_MODE "short_side" (Rein: 256..1024 step 32, "choice", 2048; Mask2Former: 512..2048, 4096)."""
+    # Your own datasets (README, "Your own data"): YAML / JSON files, each naming classes and image / label folders;
+    # every dataset they list is registered under its name when the config is loaded (vlt.utils.config.load_config),
+    # so DATASETS.TRAIN / TEST can name it. Relative paths are relative to where you run.
+    cfg.DATASETS.CUSTOM = []
     # Training mapper picked by VLT's Trainer: "sem_seg" (segmentation) or "vltdet_lsj" (VLTDet's LSJ mapper).
     cfg.INPUT.DATASET_MAPPER_NAME = "sem_seg"
     # Models take RGB 0..255 (open_clip towers); D2's default is BGR.

@@ -1,5 +1,5 @@
-"""Label conversions to the 19 Cityscapes train ids (GTA5, SYNTHIA, Mapillary Vistas) and a parallel, resumable
-file converter used by ``datasets/prepare_*.py``.
+"""Label conversions to the 19 Cityscapes train ids (GTA5, SYNTHIA, Mapillary Vistas), colour-coded labels to class
+ids through a palette (your own data), and a parallel, resumable file converter used by ``datasets/prepare_*.py``.
 
 Each conversion is a 256-entry ``uint8`` lookup table (source id -> train id, 255 = ignore), applied to a decoded
 label map in one indexing operation. Converted files are written next to (never over) the originals.
@@ -29,6 +29,7 @@ __all__ = [
     "mapillary_robustnet_lut",
     "read_label_map",
     "read_synthia_label",
+    "read_color_label",
     "convert_label_file",
     "convert_files",
     "run_parallel",
@@ -147,6 +148,33 @@ def read_synthia_label(path: str) -> np.ndarray:
     if labels is None or labels.ndim != 3:
         raise ValueError(f"'{path}': expected a 3-channel SYNTHIA label PNG (class id in the first channel)")
     return labels[:, :, 2]  # OpenCV orders channels BGR: the file's first channel is the last here
+
+
+def read_color_label(path: str, palette: Sequence[Tuple[int, int, int]]) -> np.ndarray:
+    """Colour-coded label image -> the index in ``palette`` (RGB colours) of each pixel's colour, uint8 [H, W].
+
+    Palette PNGs are read as the colours they show. Raises ValueError naming the file and every colour that is not
+    in the palette (with its pixel count and first pixel)."""
+    if not 0 < len(palette) <= 256:
+        raise ValueError(f"a palette holds 1 to 256 colours, got {len(palette)}")
+    image = cv2.imread(path, cv2.IMREAD_COLOR)  # BGR, alpha dropped, palette expanded
+    if image is None:
+        raise FileNotFoundError(f"Cannot read label image '{path}'")
+    codes = (image[:, :, 2].astype(np.int32) << 16) | (image[:, :, 1].astype(np.int32) << 8) | image[:, :, 0]
+    palette_codes = np.asarray([(r << 16) | (g << 8) | b for r, g, b in palette], dtype=np.int32)
+    order = np.argsort(palette_codes)
+    sorted_codes = palette_codes[order]
+    position = np.searchsorted(sorted_codes, codes).clip(max=len(sorted_codes) - 1)  # [H, W]
+    known = sorted_codes[position] == codes
+    if not known.all():
+        unknown, first, counts = np.unique(codes[~known], return_index=True, return_counts=True)
+        ys, xs = np.nonzero(~known)
+        described = [f"{[int(c >> 16), int(c >> 8 & 255), int(c & 255)]} ({n} px, first at x={xs[i]}, y={ys[i]})"
+                     for c, i, n in zip(unknown[:5], first[:5], counts[:5])]
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise ValueError(f"'{path}': {len(unknown)} colour(s) not in the palette of the class file: "
+                         f"{', '.join(described)}{more}")
+    return order.astype(np.uint8)[position]
 
 
 def convert_label_file(src: str, dst: str, lut: np.ndarray, reader: Callable[[str], np.ndarray] = read_label_map):

@@ -8,7 +8,8 @@ from ..config import add_vlt_config
 
 
 def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True) -> CfgNode:
-    """A frozen config from ``config_file`` and ``KEY VALUE`` overrides; unknown keys fail, naming the file."""
+    """A frozen config from ``config_file`` and ``KEY VALUE`` overrides; unknown keys fail, naming the file. The
+    datasets of the files in DATASETS.CUSTOM are registered here."""
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"Config file '{config_file}' does not exist")
     cfg = get_cfg()
@@ -26,6 +27,10 @@ def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True)
         except (KeyError, ValueError, AssertionError) as e:
             hint = " (not a Detectron2 or VLT config key)" if "Non-existent key" in str(e) else ""
             raise type(e)(f"command-line override {key} {value!r}: {e}{hint}") from e
+    if cfg.DATASETS.CUSTOM:  # the one place DATASETS.CUSTOM is read
+        from ..data.datasets.custom import register_custom_datasets
+
+        register_custom_datasets(cfg.DATASETS.CUSTOM)
     if freeze:
         cfg.freeze()
     return cfg

@@ -127,10 +127,11 @@ def register_sem_seg(
     has_labels: bool = True,
     classes: Sequence[str] = CLASSES,
     colors: Sequence[Tuple[int, int, int]] = COLORS,
+    ignore_label: int = IGNORE_LABEL,
     **metadata,
 ) -> None:
-    """Register a semantic-segmentation dataset: a lazy ``loader`` and its metadata (19 Cityscapes classes by
-    default, ignore 255, mIoU evaluation, the test-resolution protocol of each preset; ``dataset_folder``: its
+    """Register a semantic-segmentation dataset: a lazy ``loader`` and its metadata (19 Cityscapes classes and
+    ignore 255 by default, mIoU evaluation, the test-resolution protocol of each preset; ``dataset_folder``: its
     folder under $DETECTRON2_DATASETS, for tools/check_datasets.py)."""
     unknown = set(test_resolutions) - set(TEST_RESOLUTION_PRESETS)
     if unknown or "native" not in test_resolutions:
@@ -139,7 +140,7 @@ def register_sem_seg(
     MetadataCatalog.get(name).set(
         stuff_classes=list(classes),
         stuff_colors=[list(c) for c in colors],
-        ignore_label=IGNORE_LABEL,
+        ignore_label=ignore_label,
         evaluator_type="sem_seg",
         test_resolutions=dict(test_resolutions),
         has_labels=has_labels,
