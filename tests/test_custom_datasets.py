@@ -194,3 +194,17 @@ def test_coco_category_outside_the_classes_fails_naming_the_json(example, tmp_pa
     register_dataset_file(path)
     with pytest.raises(ValueError, match=r"source_val.json: categories \['bar'\] are not among the classes"):
         DatasetCatalog.get("rods_source_val")
+
+
+def test_model_class_count_and_ignore_value_must_fit_the_file(example, tmp_path):
+    from vlt.data.semantic_mapper import SemSegTrainMapper
+
+    register_dataset_file(str(example / "shapes.yaml"))
+    config = str(REPO / "configs" / "vltseg_demo.yaml")
+    with pytest.raises(ValueError, match="NUM_CLASSES is 19 but shapes_shifted_val has 3 classes: set it to 3"):
+        SemSegTestMapper(load_config(config), "shapes_shifted_val")
+    path = _write(tmp_path, SEG.replace("classes:", "ignore_label: 250\nclasses:").replace("mine_train", "mine_250"))
+    register_dataset_file(path)
+    cfg = load_config(config, ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3", "DATASETS.TRAIN", "('mine_250',)"])
+    with pytest.raises(ValueError, match="IGNORE_VALUE is 255 but mine_250 has ignore label 250: set it to 250"):
+        SemSegTrainMapper(cfg, is_train=True)

@@ -182,13 +182,21 @@ def _pad_bottom_right(array: np.ndarray, height: int, width: int, value: int) ->
     return cv2.copyMakeBorder(array, 0, max(pad_h, 0), 0, max(pad_w, 0), cv2.BORDER_CONSTANT, value=value)
 
 
-def check_model_classes(cfg, dataset_names: Sequence[str], num_classes: int) -> None:
-    """Raise if the segmentation head's MODEL.SEM_SEG_HEAD.NUM_CLASSES differs from the datasets' class count."""
+def check_model_classes(cfg, dataset_names: Sequence[str], num_classes: int,
+                        ignore_label: Optional[int] = None) -> None:
+    """Raise if the segmentation head's MODEL.SEM_SEG_HEAD.NUM_CLASSES differs from the datasets' class count, or (for
+    training data, ``ignore_label`` given) its IGNORE_VALUE from their ignore label (the loss would learn the ignored
+    pixels as a class)."""
+    has = "has" if len(dataset_names) == 1 else "have"
     if cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES != num_classes:
         raise InputError(
             f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES} but {', '.join(dataset_names)} "
-            f"{'has' if len(dataset_names) == 1 else 'have'} {num_classes} classes: set it to {num_classes} or use "
-            "a config made for these datasets"
+            f"{has} {num_classes} classes: set it to {num_classes} or use a config made for these datasets"
+        )
+    if ignore_label is not None and cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE != ignore_label:
+        raise InputError(
+            f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE is {cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE} but {', '.join(dataset_names)} "
+            f"{has} ignore label {ignore_label}: set it to {ignore_label}"
         )
 
 
@@ -265,7 +273,7 @@ class SemSegTrainMapper:
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
         num_classes, ignore_label = _dataset_label_space(cfg.DATASETS.TRAIN)
-        check_model_classes(cfg, cfg.DATASETS.TRAIN, num_classes)
+        check_model_classes(cfg, cfg.DATASETS.TRAIN, num_classes, ignore_label)
         return {
             "is_train": is_train,
             "augmentations": build_train_augmentations(cfg),

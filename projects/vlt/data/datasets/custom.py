@@ -40,6 +40,7 @@ import yaml
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.colormap import colormap
 
+from ...utils.errors import InputError
 from .common import TEST_RESOLUTION_PRESETS, list_image_label_pairs, register_sem_seg
 
 __all__ = [
@@ -65,7 +66,7 @@ DET_DATASET_KEYS = {"images", "annotations", "domain"}
 CUSTOM_DATASETS: Dict[str, str] = {}
 
 
-class DatasetFileError(ValueError):
+class DatasetFileError(InputError):
     """A dataset file that does not describe datasets as README.md, section "Your own data", says."""
 
 
