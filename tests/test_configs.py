@@ -44,8 +44,20 @@ def config_path(name):
     return os.path.join(CONFIG_DIR, name)
 
 
-def tiny_tower(model_name: str) -> str:
+def tiny_timm_tower(model_name: str) -> str:
+    """A VLT test tower (timm_loader.py) of the same timm family as ``model_name``."""
+    if "dinov2" in model_name:
+        return "vlt_tiny_dinov2_reg4_patch14" if "_reg" in model_name else "vlt_tiny_dinov2_patch14"
+    for family in ("deit3", "samvit"):
+        if family in model_name:
+            return f"vlt_tiny_{family}_patch16"
+    return "vlt_tiny_vit_patch16"
+
+
+def tiny_tower(model_name: str, source: str = "open_clip") -> str:
     """A VLT test tower of the same family and patch size as ``model_name``."""
+    if source == "timm":
+        return tiny_timm_tower(model_name)
     if model_name.startswith(("RN", "VLT-RN")):
         return "VLT-RN-Tiny"
     family = "EVA02" if "EVA02" in model_name else "ViT"
@@ -55,7 +67,8 @@ def tiny_tower(model_name: str) -> str:
 def tiny_config(name, tmp_path, extra=()):
     """The config as train_net loads it, with a tiny tower (4 blocks: taps 0..3) and small heads."""
     cfg = load_config(config_path(name))
-    opts = ["MODEL.OPEN_CLIP.MODEL_NAME", tiny_tower(cfg.MODEL.OPEN_CLIP.MODEL_NAME), "MODEL.OPEN_CLIP.PRETRAINED",
+    tower = tiny_tower(cfg.MODEL.OPEN_CLIP.MODEL_NAME, cfg.MODEL.OPEN_CLIP.SOURCE)
+    opts = ["MODEL.OPEN_CLIP.MODEL_NAME", tower, "MODEL.OPEN_CLIP.PRETRAINED",
             "", "MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", "False", "OUTPUT_DIR", str(tmp_path / "output")]
     if len(cfg.MODEL.OPEN_CLIP.OUT_INDICES):
         opts += ["MODEL.OPEN_CLIP.OUT_INDICES", "[0, 1, 2, 3]"]
@@ -154,6 +167,41 @@ def test_vltseg_gta_recipe(name, tower, taps):
     assert tuple(cfg.INPUT.RESIZE_RATIO_RANGE) == (1.0, 1.0)  # a fixed resize to 1280x720
     assert tuple(cfg.TEST.SLIDE.CROP_SIZE) == (512, 512) and tuple(cfg.TEST.SLIDE.STRIDE) == (426, 426)
     assert cfg.INPUT.TEST_RESOLUTION == "rein" and list(cfg.TEST.SCALES) == [1.0] and not cfg.TEST.FLIP
+
+
+@pytest.mark.parametrize("name, tower, tag, taps", [
+    ("vltseg_gta_in21k_vit_l16.yaml", "vit_large_patch16_224", "orig_in21k", [9, 14, 19, 23]),
+    ("vltseg_gta_deit3_l16.yaml", "deit3_large_patch16_224", "fb_in22k_ft_in1k", [9, 14, 19, 23]),
+    ("vltseg_gta_sam_l16.yaml", "samvit_large_patch16", "sa1b", [9, 14, 19, 23]),
+    ("vltseg_gta_mocov3_b16.yaml", "vit_base_patch16_224", "checkpoints/vit-b-300ep.pth.tar", [3, 5, 7, 11]),
+])
+def test_vltseg_pretraining_rows_change_only_the_tower(name, tower, tag, taps):
+    """VLTSeg's pre-training table: the vision-only rows run vltseg_gta.yaml's recipe on a timm tower, on 4 targets."""
+    cfg, reference = load_config(config_path(name)), load_config(config_path("vltseg_gta.yaml"))
+    _shared_vltseg_recipe(cfg)
+    oc = cfg.MODEL.OPEN_CLIP
+    assert (oc.SOURCE, oc.MODEL_NAME, oc.PRETRAINED, list(oc.OUT_INDICES)) == ("timm", tower, tag, taps)
+    assert cfg.DATASETS.TEST == ("cityscapes_fine_val", "bdd100k_sem_seg_val", "mapillary_19_val", "acdc_all_val")
+    for key in ("MODEL.OPEN_CLIP.SOURCE", "MODEL.OPEN_CLIP.MODEL_NAME", "MODEL.OPEN_CLIP.PRETRAINED",
+                "MODEL.OPEN_CLIP.OUT_INDICES", "DATASETS.TEST", "OUTPUT_DIR"):
+        node, ref = cfg, reference
+        for part in key.split(".")[:-1]:
+            node, ref = node[part], ref[part]
+        node[key.split(".")[-1]] = ref[key.split(".")[-1]]
+    assert cfg == reference  # nothing else differs from the EVA02-CLIP row
+
+
+@pytest.mark.parametrize("name, img_size", [("rein_gta_dinov2_l.yaml", 512), ("rein_cityscapes_dinov2_l.yaml", 1024)])
+def test_rein_dinov2_release_values(name, img_size):
+    """Rein's DINOv2-L model (release configs/_base_/models/rein_dinov2_mask2former.py): patch 16, the position grid of
+    the training crop, blocks 7/11/15/23, whole tower frozen, ImageNet statistics, 100 tokens of rank 16."""
+    cfg = load_config(config_path(name))
+    oc = cfg.MODEL.OPEN_CLIP
+    assert (oc.SOURCE, oc.MODEL_NAME, oc.PRETRAINED) == ("timm", "vit_large_patch14_dinov2", "lvd142m")
+    assert (oc.PATCH_SIZE, oc.IMG_SIZE, list(oc.OUT_INDICES)) == (16, img_size, [7, 11, 15, 23])
+    assert oc.TAPS_RESAMPLE == "interpolate" and oc.FROZEN_BLOCKS == -1 and not oc.PIXEL_STATS_FROM_MODEL
+    assert cfg.MODEL.REIN.ENABLED and (cfg.MODEL.REIN.NUM_TOKENS, cfg.MODEL.REIN.RANK) == (100, 16)
+    assert tuple(cfg.INPUT.CROP.SIZE) == (img_size, img_size) and tuple(cfg.TEST.SLIDE.CROP_SIZE) == (img_size,) * 2
 
 
 @pytest.mark.parametrize("name", ["vltseg_cityscapes.yaml", "vltseg_cityscapes_test.yaml"])

@@ -107,7 +107,7 @@ def _tiny_model_and_official(mmdet2=False):
 def test_every_rein_and_head_key_maps_onto_the_vlt_model(tool, mmdet2):
     model, official = _tiny_model_and_official(mmdet2)
     converted, report = tool.convert_rein_state_dict(official)
-    assert report == {"tower": ["backbone.blocks.0.attn.qkv.weight"], "unmapped": []}
+    assert report == {"tower": ["backbone.blocks.0.attn.qkv.weight"], "unused": [], "unmapped": []}
     assert len(converted) == len(official) - 1
 
     incompatible = model.load_state_dict(converted, strict=False)  # raises on any shape mismatch
@@ -163,3 +163,54 @@ def test_pickled_metadata_needs_trust_and_then_loads(tool, tmp_path, monkeypatch
         tool.load_official_checkpoint(str(path))
     state = tool.load_official_checkpoint(str(path), trust=True)
     assert state["backbone.reins.scale"].item() == 0.5
+
+
+def test_release_dinov2_segmentor_converts_with_its_tower_and_evaluates_without_fetching_it(tool, tmp_path):
+    """The release's full DINOv2 segmentor (tools/generate_full_weights.py: Rein + head + the converted DINOv2
+    backbone under ``backbone.*`` in the official DINOv2 names) -> rein_gta_dinov2_l.yaml (tiny DINOv2), then
+    --eval-only's model building: everything comes from the file, the tower's pretrained tag is never fetched."""
+    from test_configs import tiny_config
+
+    from vlt.engine.checkpoint import build_model_for_evaluation
+
+    torch.manual_seed(0)
+    cfg = tiny_config("rein_gta_dinov2_l.yaml", tmp_path)
+    release_model = build_model(cfg)
+    tower = release_model.backbone.tower.visual.state_dict()
+    official = official_state_dict(
+        depth=4, width=64, tokens=cfg.MODEL.REIN.NUM_TOKENS, rank=cfg.MODEL.REIN.RANK,
+        hidden=cfg.MODEL.MASK_FORMER.HIDDEN_DIM, classes=19, enc_layers=cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS,
+        dec_layers=cfg.MODEL.MASK_FORMER.DEC_LAYERS - 1, dec_ffn=cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD,
+    )
+    official.update({f"backbone.{k}": v for k, v in tower.items()})
+    official.update({"backbone.mask_token": torch.zeros(1, 64), "backbone.norm.weight": torch.ones(64),
+                     "backbone.norm.bias": torch.zeros(64)})
+    assert tool.is_dinov2_tower(official) and tower["pos_embed"].shape == (1, 1 + 32 * 32, 64)  # patch 16, 512
+
+    source, target = tmp_path / "dinov2_segmentor.pth", tmp_path / "rein_dinov2_vlt.pth"
+    torch.save({"meta": {}, "state_dict": official}, source)
+    report = tool.main([str(source), str(target)])
+    assert report == {"tower": [], "unused": ["backbone.mask_token", "backbone.norm.weight", "backbone.norm.bias"],
+                      "unmapped": []}
+
+    cfg.defrost()
+    # A tag the tiny tower does not have: fetching it would fail, so the test also shows it is not fetched.
+    cfg.MODEL.OPEN_CLIP.PRETRAINED = "lvd142m"
+    cfg.MODEL.WEIGHTS = str(target)
+    cfg.freeze()
+    torch.manual_seed(1)  # another random init, overwritten by the file
+    model = build_model_for_evaluation(cfg, build_model)
+    state = model.state_dict()
+    for key, value in tower.items():
+        assert torch.equal(state[f"backbone.tower.visual.{key}"], value), key
+    rein_tokens = official["backbone.reins.learnable_tokens_a"]
+    assert torch.equal(state["backbone.block_hooks.0.learnable_tokens_a"], rein_tokens)
+    assert torch.equal(state["rein.query_feat_proj.weight"], official["decode_head.querys2feat.weight"])
+
+
+def test_a_register_dinov2_tower_is_not_the_releases_and_fails(tool):
+    official = {"backbone.cls_token": torch.zeros(1, 1, 8), "backbone.mask_token": torch.zeros(1, 8),
+                "backbone.blocks.0.ls1.gamma": torch.ones(8), "backbone.register_tokens": torch.zeros(1, 4, 8)}
+    converted, report = tool.convert_rein_state_dict(official)
+    assert report["unmapped"] == ["backbone.register_tokens"]
+    assert sorted(converted) == ["backbone.tower.visual.blocks.0.ls1.gamma", "backbone.tower.visual.cls_token"]

@@ -25,6 +25,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_NET = str(REPO / "tools" / "train_net.py")
 BASE = str(REPO / "configs" / "Base-VLTSeg-Mask2Former.yaml")
 REIN_GTA = str(REPO / "configs" / "rein_gta.yaml")
+REIN_GTA_DINOV2 = str(REPO / "configs" / "rein_gta_dinov2_l.yaml")
 SIZE = (64, 128)  # (height, width) of every generated image
 CONDITIONS = ("fog", "night", "rain", "snow")
 
@@ -241,6 +242,36 @@ def test_rein_trains_reports_its_ratio_and_keeps_the_tower_frozen(data_root, tmp
     assert sum(".resblocks." in k for k in kept) == sum(".resblocks." in k for k in tower)
     changed = [k for k in kept if not torch.equal(torch.as_tensor(state[kept[k]]), tower[k])]
     assert not changed, f"frozen tower weights changed in training: {changed[:5]}"
+    assert any("learnable_tokens" in k for k in state)
+    table = json.loads((out / "multi_target.json").read_text())
+    assert [r["name"] for r in table["rows"]] == ["cityscapes_fine_val"]
+
+
+def test_rein_on_a_timm_dinov2_trains_from_an_official_layout_file(data_root, tmp_path):
+    """rein_gta_dinov2_l.yaml with a tiny DINOv2 (timm): the tower file is in the official DINOv2 layout at patch 14
+    and is converted on load to the config's patch 16 (and its position grid); the tower stays frozen."""
+    from vlt.modeling.backbone import build_timm_model
+
+    torch.manual_seed(123)
+    timm_tower = build_timm_model("vlt_tiny_dinov2_patch14").state_dict()
+    official = {k: v.clone() for k, v in timm_tower.items()}
+    official["mask_token"] = torch.zeros(1, 64)
+    torch.save(official, tmp_path / "dinov2_vits14_pretrain.pth")
+    out = tmp_path / "rein_dinov2"
+    log = train_net(data_root, REIN_GTA_DINOV2, [
+        "MODEL.OPEN_CLIP.MODEL_NAME", "vlt_tiny_dinov2_patch14", "MODEL.OPEN_CLIP.PATCH_SIZE", 16,
+        "MODEL.OPEN_CLIP.IMG_SIZE", 64, "MODEL.OPEN_CLIP.PRETRAINED", tmp_path / "dinov2_vits14_pretrain.pth",
+        "MODEL.REIN.NUM_TOKENS", 8, "MODEL.REIN.RANK", 4,
+        "DATASETS.TRAIN", "('gta5_train',)", "DATASETS.TEST", "('cityscapes_fine_val',)",
+        "SOLVER.MAX_ITER", 3, "SOLVER.CHECKPOINT_PERIOD", 100, "OUTPUT_DIR", out,
+    ]).stdout
+    assert "Tower weights from" in log and "0 missing" in log, log[-3000:]
+    state = load(out / "model_final.pth")["model"]
+    tower = {k[len("backbone.tower.visual."):]: v for k, v in state.items() if k.startswith("backbone.tower.visual.")}
+    assert tuple(tower["patch_embed.proj.weight"].shape[-2:]) == (16, 16)
+    assert tower["pos_embed"].shape == (1, 1 + 4 * 4, 64)  # IMG_SIZE 64 / patch 16
+    blocks = [k for k in timm_tower if k.startswith("blocks.")]
+    assert blocks and all(torch.equal(torch.as_tensor(tower[k]), timm_tower[k]) for k in blocks)  # frozen, as loaded
     assert any("learnable_tokens" in k for k in state)
     table = json.loads((out / "multi_target.json").read_text())
     assert [r["name"] for r in table["rows"]] == ["cityscapes_fine_val"]

@@ -3,6 +3,10 @@
 
     python tools/convert_rein_checkpoint.py rein_and_head.pth output/rein_vlt.pth
     python tools/train_net.py --config-file configs/rein_gta.yaml --eval-only MODEL.WEIGHTS output/rein_vlt.pth
+    # the release's full DINOv2 segmentor (Rein + head + converted DINOv2-L backbone)
+    python tools/convert_rein_checkpoint.py dinov2_segmentor.pth output/rein_dinov2_vlt.pth
+    python tools/train_net.py --config-file configs/rein_gta_dinov2_l.yaml --eval-only \
+        MODEL.WEIGHTS output/rein_dinov2_vlt.pth
 
 Mapped (official -> VLT):
 - ``backbone.reins.*`` (``learnable_tokens[_a|_b]``, ``scale``, ``mlp_token2feat``, ``mlp_delta_f``, ``transform``,
@@ -13,9 +17,16 @@ Mapped (official -> VLT):
   ``cls_embed``, ``mask_embed`` ...; mmdet 3.x names, and the 2.x ``attentions.N`` / ``ffns.0`` names) -> the
   official Mask2Former layout ``sem_seg_head.pixel_decoder.*`` / ``sem_seg_head.predictor.*``.
 
-Not converted, and reported: the tower (``backbone.*`` outside ``reins``; released Rein checkpoints hold none,
-and VLT loads its tower from ``MODEL.OPEN_CLIP.PRETRAINED``) and any key without a counterpart. The released head
-has no ``query_embed`` / ``query_feat`` (the linked tokens replace them), so ours keep their initial values, unused.
+- The DINOv2 tower, when the file holds one (the release's full DINOv2 segmentor, ``tools/generate_full_weights.py``:
+  the official DINOv2 names converted to patch 16 / 512): ``backbone.{cls_token, pos_embed, patch_embed.proj.*,
+  blocks.N.*}`` -> the timm tower, ``backbone.tower.visual.*`` (``--tower-prefix``; configs/rein_gta_dinov2_l.yaml).
+  DINOv2 and timm name the block parameters alike; ``backbone.mask_token`` (masked pre-training only) and
+  ``backbone.norm.*`` (the release's Rein backbone never applies the final norm) are reported as unused.
+
+Not converted, and reported: another tower (``backbone.*`` outside ``reins`` in any other layout; the released
+EVA02 checkpoints hold none, and VLT loads that tower from ``MODEL.OPEN_CLIP.PRETRAINED``) and any key without a
+counterpart (which fails the conversion). The released head has no ``query_embed`` / ``query_feat`` (the linked
+tokens replace them), so ours keep their initial values, unused.
 """
 import argparse
 import logging
@@ -85,19 +96,44 @@ def _rules(hook_prefix: str, link_prefix: str) -> List[Rule]:
     return [(re.compile(pattern), target) for pattern, target in table]
 
 
+def _dinov2_tower_rules(tower_prefix: str) -> List[Rule]:
+    """The release's DINOv2 backbone (rein/models/backbones/dino_v2.py, block_chunks=0) -> the timm DINOv2 tower."""
+    table = [
+        (r"^backbone\.(cls_token|pos_embed)$", tower_prefix + r"\1"),
+        (r"^backbone\.patch_embed\.proj\.(weight|bias)$", tower_prefix + r"patch_embed.proj.\1"),
+        (r"^backbone\.blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$",
+         tower_prefix + r"blocks.\1.\2.\3"),
+        (r"^backbone\.blocks\.(\d+)\.(ls1|ls2)\.gamma$", tower_prefix + r"blocks.\1.\2.gamma"),
+    ]
+    return [(re.compile(pattern), target) for pattern, target in table]
+
+
+DINOV2_UNUSED = re.compile(r"^backbone\.(mask_token|norm\.weight|norm\.bias)$")
+
+
+def is_dinov2_tower(state_dict: Dict[str, torch.Tensor]) -> bool:
+    """Whether the file holds a DINOv2 backbone in the release's layout (class token, layer scales, mask token)."""
+    return all(k in state_dict for k in ("backbone.cls_token", "backbone.mask_token", "backbone.blocks.0.ls1.gamma"))
+
+
 def convert_rein_state_dict(
     state_dict: Dict[str, torch.Tensor],
     hook_prefix: str = "backbone.block_hooks.0.",
     link_prefix: str = "rein.",
+    tower_prefix: str = "backbone.tower.visual.",
 ) -> Tuple[Dict[str, torch.Tensor], Dict[str, List[str]]]:
     """Rename an official Rein state dict (mmseg layout) to VLT's names.
 
-    Returns the converted state dict and a report: ``{"tower": [...], "unmapped": [...]}`` (official names left
-    out: the tower's own weights, and keys with no VLT counterpart).
+    Returns the converted state dict and a report: ``{"tower": [...], "unused": [...], "unmapped": [...]}`` (official
+    names left out: a tower VLT does not convert, the DINOv2 tensors the release's model never uses, and keys with no
+    VLT counterpart).
     """
     rules = _rules(hook_prefix, link_prefix)
+    dinov2 = is_dinov2_tower(state_dict)
+    if dinov2:
+        rules += _dinov2_tower_rules(tower_prefix)
     converted: Dict[str, torch.Tensor] = OrderedDict()
-    report: Dict[str, List[str]] = {"tower": [], "unmapped": []}
+    report: Dict[str, List[str]] = {"tower": [], "unused": [], "unmapped": []}
     for name, value in state_dict.items():
         for pattern, target in rules:
             match = pattern.match(name)
@@ -108,8 +144,11 @@ def convert_rein_state_dict(
                 converted[new_name] = value
                 break
         else:
-            tower_key = name.startswith("backbone.") and not name.startswith("backbone.reins.")
-            report["tower" if tower_key else "unmapped"].append(name)
+            if dinov2:  # a DINOv2 tower is converted: what is left of it is unused or has no counterpart
+                report["unused" if DINOV2_UNUSED.match(name) else "unmapped"].append(name)
+            else:
+                tower_key = name.startswith("backbone.") and not name.startswith("backbone.reins.")
+                report["tower" if tower_key else "unmapped"].append(name)
     return converted, report
 
 
@@ -163,15 +202,20 @@ def main(argv=None) -> Dict[str, List[str]]:
     parser.add_argument("--hook-prefix", default="backbone.block_hooks.0.",
                         help="the Rein hook in the VLT model (pyramid backbone: backbone.net.block_hooks.0.)")
     parser.add_argument("--link-prefix", default="rein.", help="the segmentor's ReinQueryLink (query projection)")
+    parser.add_argument("--tower-prefix", default="backbone.tower.visual.",
+                        help="a DINOv2 tower in the file goes here (pyramid backbone: backbone.net.tower.visual.)")
     parser.add_argument("--trust", action="store_true",
                         help="allow pickled non-tensor objects in the file (mmengine metadata)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     official = load_official_checkpoint(args.input, trust=args.trust)
-    converted, report = convert_rein_state_dict(official, args.hook_prefix, args.link_prefix)
+    converted, report = convert_rein_state_dict(official, args.hook_prefix, args.link_prefix, args.tower_prefix)
     torch.save({"model": converted, "__author__": f"w1oves/Rein, converted from {args.input}"}, args.output)
     logger.info("%s: %d keys converted -> %s", args.input, len(converted), args.output)
+    if is_dinov2_tower(official):
+        logger.info("DINOv2 tower converted to %s* (%d keys); unused by the release's model: %s", args.tower_prefix,
+                    sum(k.startswith(args.tower_prefix) for k in converted), ", ".join(report["unused"]) or "none")
     if report["tower"]:
         logger.info("%d tower keys not converted (VLT loads the tower from MODEL.OPEN_CLIP.PRETRAINED), e.g. %s",
                     len(report["tower"]), report["tower"][0])
