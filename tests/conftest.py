@@ -191,3 +191,64 @@ def full_disk(monkeypatch):
         monkeypatch.setattr("vlt.utils.atomic_io.os.fdopen", FullFile)
 
     return install
+
+
+@pytest.fixture(scope="session", autouse=True)
+def label_cache_dir(tmp_path_factory):
+    """Detection label caches of the test run go to a temporary folder (not ~/.cache/vlt); subprocesses inherit it."""
+    previous = os.environ.get("VLT_CACHE_DIR")
+    os.environ["VLT_CACHE_DIR"] = str(tmp_path_factory.mktemp("vlt_cache"))
+    yield os.environ["VLT_CACHE_DIR"]
+    if previous is None:
+        os.environ.pop("VLT_CACHE_DIR", None)
+    else:
+        os.environ["VLT_CACHE_DIR"] = previous
+
+
+def write_voc_xml(path, width: int, height: int, objects: Sequence[tuple]) -> None:
+    """A Pascal VOC annotation: ``objects`` = (name, xmin, ymin, xmax, ymax[, difficult]) with 1-based corners."""
+    lines = [f"<annotation><size><width>{width}</width><height>{height}</height><depth>3</depth></size>"]
+    for name, x0, y0, x1, y1, *difficult in objects:
+        lines.append(f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>"
+                     f"<difficult>{difficult[0] if difficult else 0}</difficult><bndbox><xmin>{x0}</xmin>"
+                     f"<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>")
+    lines.append("</annotation>")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+@pytest.fixture
+def make_dwd_domain():
+    """Factory: one Diverse Weather domain in the release layout, ``<root>/diverseWeather/<domain>/VOC2007/``.
+
+    ``splits``: split name -> number of images. Each image (``width`` x ``height``, background ``brightness``) shows
+    a bright car box and a person box at random places; returns {split: [(stem, objects)]}.
+    """
+
+    def make(root, domain: str, splits: Dict[str, int], width: int = 64, height: int = 48, brightness: int = 60,
+             seed: int = 0):
+        rng = np.random.default_rng(seed)
+        voc = os.path.join(str(root), "diverseWeather", domain, "VOC2007")
+        os.makedirs(os.path.join(voc, "ImageSets", "Main"), exist_ok=True)
+        os.makedirs(os.path.join(voc, "JPEGImages"), exist_ok=True)
+        made = {}
+        for split, count in splits.items():
+            made[split] = []
+            for i in range(count):
+                stem = f"{domain}_{split}_{i:04d}"
+                image = np.full((height, width, 3), brightness, dtype=np.uint8)
+                objects = []
+                for name, color, (w, h) in (("car", (230, 40, 40), (20, 12)), ("person", (40, 40, 230), (8, 18))):
+                    x0, y0 = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+                    image[y0:y0 + h, x0:x0 + w] = color
+                    objects.append((name, x0 + 1, y0 + 1, x0 + w, y0 + h))  # VOC: 1-based inclusive corners
+                cv2.imwrite(os.path.join(voc, "JPEGImages", stem + ".jpg"), image[:, :, ::-1],
+                            [cv2.IMWRITE_JPEG_QUALITY, 95])
+                write_voc_xml(os.path.join(voc, "Annotations", stem + ".xml"), width, height, objects)
+                made[split].append((stem, objects))
+            with open(os.path.join(voc, "ImageSets", "Main", f"{split}.txt"), "w") as f:
+                f.write("\n".join(stem for stem, _ in made[split]) + "\n")
+        return made
+
+    return make

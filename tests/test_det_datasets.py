@@ -150,3 +150,87 @@ def test_synscapes_and_urbansyn(root):
     _png(root / "urbansyn/panoptic/panoptic_0001.png", _ids_map().astype(np.uint16))
     (record,) = DatasetCatalog.get("urbansyn_det_train")
     assert record["image_id"] == "rgb_0001" and _boxes(record) == EXPECTED
+
+
+# ------------------------------------------------------------------------------------------- Diverse Weather
+DWD_DOMAINS = ("daytime_clear", "night_sunny", "dusk_rainy", "night_rainy", "daytime_foggy")
+
+
+def test_dwd_registered_per_domain_and_split():
+    for domain in DWD_DOMAINS:
+        for split in ("train", "test"):
+            meta = MetadataCatalog.get(f"dwd_{domain}_{split}")
+            assert meta.thing_classes == ["bus", "bike", "car", "motor", "person", "rider", "truck"]
+            assert meta.evaluator_type == "pascal_voc" and meta.voc_ap_metric == "11point"
+    assert MetadataCatalog.get("dwd_night_sunny_train").dwd_domain == "Night Clear"
+
+
+def test_dwd_release_layout_boxes_difficult_and_empty_images(root, make_dwd_domain):
+    from conftest import write_voc_xml
+
+    made = make_dwd_domain(root, "dusk_rainy", {"train": 2})
+    voc = root / "diverseWeather/dusk_rainy/VOC2007"
+    # A difficult box, an unknown class (skipped), no <size> (read from the JPEG); an image with no known class.
+    stem = made["train"][0][0]
+    write_voc_xml(str(voc / "Annotations" / f"{stem}.xml"), 0, 0,
+                  [("Bus", 5, 6, 20, 30, 1), ("traffic light", 1, 1, 4, 4), ("car", 1, 1, 64, 48)])
+    write_voc_xml(str(voc / "Annotations" / f"{made['train'][1][0]}.xml"), 64, 48, [("tram", 1, 1, 9, 9)])
+    (record,) = DatasetCatalog.get("dwd_dusk_rainy_train")  # the image without a known class is left out
+    assert (record["image_id"], record["height"], record["width"]) == (stem, 48, 64)
+    assert record["file_name"] == str(voc / "JPEGImages" / f"{stem}.jpg")
+    assert [(a["category_id"], a["bbox"], a["difficult"]) for a in record["annotations"]] == [
+        (0, [4.0, 5.0, 20.0, 30.0], 1), (2, [0.0, 0.0, 64.0, 48.0], 0)]
+
+
+def test_dwd_missing_and_bad_files_name_the_path(root, make_dwd_domain):
+    with pytest.raises(FileNotFoundError, match="dwd_night_rainy_test.*diverseWeather/night_rainy/VOC2007.*Diverse"):
+        DatasetCatalog.get("dwd_night_rainy_test")
+    made = make_dwd_domain(root, "night_rainy", {"train": 2})
+    with pytest.raises(FileNotFoundError, match="split list .*ImageSets/Main/test.txt"):
+        DatasetCatalog.get("dwd_night_rainy_test")
+    voc = root / "diverseWeather/night_rainy/VOC2007"
+    (voc / "JPEGImages" / f"{made['train'][1][0]}.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=f"image .*{made['train'][1][0]}.jpg"):
+        DatasetCatalog.get("dwd_night_rainy_train")
+    (voc / "ImageSets/Main/train.txt").write_text(made["train"][0][0] + "\n")
+    (voc / "Annotations" / f"{made['train'][0][0]}.xml").write_text("<annotation><object>")
+    with pytest.raises(ValueError, match="not a readable Pascal VOC XML"):
+        DatasetCatalog.get("dwd_night_rainy_train")
+
+
+# ------------------------------------------------------------------------------------------- label cache
+_READS = []
+
+
+def _counting_reader(files, with_masks):
+    _READS.append(files[0])
+    value = int(open(files[0]).read())
+    return 4, 4, [{"bbox": [0, 0, value, value], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0, "iscrowd": 0}]
+
+
+def test_label_cache_is_read_on_the_second_load_and_invalidated_by_changed_files(tmp_path, monkeypatch):
+    import os
+
+    from vlt.data.datasets.det_common import load_label_files
+
+    monkeypatch.setenv("VLT_CACHE_DIR", str(tmp_path / "cache"))
+    labels = [tmp_path / f"{i}.txt" for i in range(3)]
+    for i, path in enumerate(labels):
+        path.write_text(str(i + 1))
+    items = [(str(tmp_path / f"{i}.png"), (str(p),)) for i, p in enumerate(labels)]
+    _READS.clear()
+    first = load_label_files(items, read_annotations=_counting_reader, workers=1)
+    assert len(_READS) == 3 and len(list((tmp_path / "cache" / "det_labels").iterdir())) == 1
+    assert load_label_files(items, read_annotations=_counting_reader, workers=1) == first
+    assert len(_READS) == 3  # second start: from the cache
+    # A changed label file (content and mtime) -> read again, new values.
+    labels[1].write_text("9")
+    stat = os.stat(labels[1])
+    os.utime(labels[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    changed = load_label_files(items, read_annotations=_counting_reader, workers=1)
+    assert len(_READS) == 6 and changed[1]["annotations"][0]["bbox"] == [0, 0, 9, 9]
+    # Fewer files, other options, or cache=False: never the old entry.
+    assert len(load_label_files(items[:2], read_annotations=_counting_reader, workers=1)) == 2
+    load_label_files(items, read_annotations=_counting_reader, workers=1, with_masks=False)
+    load_label_files(items, read_annotations=_counting_reader, workers=1, cache=False)
+    assert len(_READS) == 6 + 2 + 3 + 3

@@ -84,13 +84,15 @@ def test_multi_target_table_rows_mean_and_files(tmp_path):
     assert table["mean"]["metrics"]["AP"] == pytest.approx(30.0)
     assert table["mean"]["metrics"]["APs"] == pytest.approx(10.0)  # NaN targets are skipped
     assert table["mean"]["AP"]["car"] == pytest.approx(35.0)
-    assert table["summary"]["AP50"] == {"src_val": 60.0, "target": 30.0, "mean": 45.0}
+    # Headline mAP50: COCO's AP50 for COCO-evaluated sets.
+    assert table["summary"]["mAP50"] == {"src_val": 60.0, "target": 30.0, "mean": 45.0}
+    assert table["class_metric"] == "AP"
     results["target"]["bbox"]["AP-bus"] = float("nan")  # no ground truth anywhere: no column
     text = write_det_multi_target_table(results, str(tmp_path))
     assert "AP-bus" not in text
     assert "mean over targets" in text
     rows = list(csv.reader(open(tmp_path / "det_multi_target.csv")))
-    assert rows[0][:3] == ["dataset", "AP", "AP50"] and rows[0][-2:] == ["AP-person", "AP-car"]
+    assert rows[0][:4] == ["dataset", "mAP50", "AP", "AP50"] and rows[0][-2:] == ["AP-person", "AP-car"]
     assert rows[2][0] == "target" and rows[2][-2] == ""  # NaN -> empty cell
     saved = json.loads((tmp_path / "det_multi_target.json").read_text())
     assert saved["rows"][1]["AP"]["person"] is None
@@ -110,8 +112,8 @@ def test_source_domain_rows_are_shown_but_not_averaged():
     table = det_multi_target_table(results)
     assert [r["source"] for r in table["rows"]] == [True, False, False]
     assert table["mean"]["metrics"]["AP"] == pytest.approx(20.0)
-    assert table["summary"]["AP50"]["mean"] == pytest.approx(30.0)
-    assert table["summary"]["AP50"]["test_det_eval_source_val"] == 99.0
+    assert table["summary"]["mAP50"]["mean"] == pytest.approx(30.0)
+    assert table["summary"]["mAP50"]["test_det_eval_source_val"] == 99.0
 
 
 def test_source_datasets_from_the_config_give_the_ap50_rpd(tmp_path):
@@ -127,10 +129,29 @@ def test_source_datasets_from_the_config_give_the_ap50_rpd(tmp_path):
     assert "bdd (source)" in text
     table = json.loads((tmp_path / "det_multi_target.json").read_text())
     assert [r["source"] for r in table["rows"]] == [False, True, False]
-    assert table["summary"]["AP50"]["mean"] == pytest.approx(40.55)
-    assert table["summary"]["AP50"]["rPD"] == pytest.approx(82.418, abs=1e-3)
+    assert table["summary"]["mAP50"]["mean"] == pytest.approx(40.55)
+    assert table["summary"]["mAP50"]["rPD"] == pytest.approx(82.418, abs=1e-3)
     assert table["summary"]["AP"]["rPD"] == pytest.approx(21.5 / 28.0 * 100)
     summary = list(csv.reader(open(tmp_path / "det_multi_target_summary.csv")))
     assert summary[0] == ["metric", "cs", "bdd", "acdc", "mean", "rPD"]
     with pytest.raises(ValueError, match="not among the evaluated test sets"):
         det_multi_target_table(results, source_datasets=["bdd_val"])
+
+
+def test_voc_headline_and_per_class_ap50_columns(tmp_path):
+    # VLTDet's Diverse Weather row, CLIP R-101 (mAP50): Day Clear 60.5 (source) | Night Clear 44.6, Dusk Rainy 38.4,
+    # Night Rainy 22.1, Day Foggy 42.3 -> Average 36.85 (printed: 36.9). COCO's AP50 differs and is a side column.
+    values = {"day_clear": 60.5, "night_clear": 44.6, "dusk_rainy": 38.4, "night_rainy": 22.1, "day_foggy": 42.3}
+    coco = {m: 1.0 for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+    results = {name: {"bbox": {**coco, "mAP50": v, "AP50-car": v + 1, "AP50-bus": v - 1, "AP-car": 0.5}}
+               for name, v in values.items()}
+    text = write_det_multi_target_table(results, str(tmp_path), source_datasets=["day_clear"])
+    table = json.loads((tmp_path / "det_multi_target.json").read_text())
+    assert table["class_metric"] == "AP50" and table["classes"] == ["car", "bus"]
+    assert table["summary"]["mAP50"]["mean"] == pytest.approx(36.85)
+    assert table["summary"]["mAP50"]["rPD"] == pytest.approx(36.85 / 60.5 * 100)
+    assert table["mean"]["metrics"]["mAP50"] == pytest.approx(36.85)
+    assert table["mean"]["metrics"]["AP50"] == pytest.approx(1.0)
+    header = next(csv.reader(open(tmp_path / "det_multi_target.csv")))
+    assert header[1] == "mAP50" and header[-2:] == ["AP50-car", "AP50-bus"]
+    assert "day_clear (source)" in text

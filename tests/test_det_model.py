@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, BoxMode, Instances
 from detectron2.utils.events import EventStorage
@@ -16,11 +17,15 @@ from PIL import Image
 import vlt  # noqa: F401  (registers VLTDet)
 from vlt.data import build_det_train_mapper
 from vlt.modeling.backbone import get_vit, pixel_stats
+from vlt.modeling.backbone.clip_resnet import CLIPResNetBackbone
 from vlt.modeling.det import VLTGeneralizedRCNN
 from vlt.solver import build_optimizer
 from vlt.utils.config import load_config
 
 CONFIGS = sorted(glob.glob("configs/vltdet_*.yaml"))
+# ViTDet cascade configs (the CLIP ResNet C4 ones are tested by test_clip_resnet_c4_detector).
+CASCADE_CONFIGS = [c for c in CONFIGS if load_config(c).MODEL.ROI_HEADS.NAME == "CascadeROIHeads"]
+C4_CONFIGS = [c for c in CONFIGS if load_config(c).MODEL.ROI_HEADS.NAME == "CLIPRes5ROIHeads"]
 # Patch-14 towers run converted to patch 16 (MODEL.OPEN_CLIP.PATCH_SIZE 16 in Base-VLTDet.yaml).
 TOWERS = ("VLT-ViT-Tiny-16", "VLT-EVA02-Tiny-16", "VLT-EVA02-Tiny-14")
 # Small heads so that one step takes well under a second on CPU.
@@ -55,9 +60,13 @@ def test_there_are_vltdet_configs():
     assert {"vltdet_urbansyn.yaml", "vltdet_sim10k.yaml", "vltdet_demo.yaml"} <= names
 
 
-@pytest.mark.parametrize("config_file", CONFIGS)
+def test_every_vltdet_config_is_tested():
+    assert sorted(CASCADE_CONFIGS + C4_CONFIGS) == CONFIGS and C4_CONFIGS
+
+
+@pytest.mark.parametrize("config_file", CASCADE_CONFIGS)
 def test_train_step_and_inference_from_config(config_file):
-    index = CONFIGS.index(config_file)
+    index = CASCADE_CONFIGS.index(config_file)
     tower = TOWERS[index % len(TOWERS)]
     mask_on = index % 2 == 0  # the optional mask branch on half of the configs
     cfg = tiny_cfg(config_file, tower, ["MODEL.MASK_ON", str(mask_on)])
@@ -95,6 +104,45 @@ def test_train_step_and_inference_from_config(config_file):
         assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
         assert boxes.min() >= 0 and boxes[:, 2].max() <= 256 and boxes[:, 3].max() <= 192
     assert out.has("pred_masks") == mask_on
+
+
+@pytest.mark.parametrize("config_file", C4_CONFIGS)
+def test_clip_resnet_c4_detector(config_file):
+    """Faster R-CNN C4 on a CLIP ResNet: the backbone stops at res4 (stride 16), the tower's own layer4 (same
+    weights) is the ROI head's res5, every BatchNorm is frozen, and a training step reaches res5 and layer3."""
+    cfg = load_config(config_file, ["MODEL.OPEN_CLIP.MODEL_NAME", "VLT-RN-Tiny", *TINY])
+    torch.manual_seed(0)
+    reference = CLIPResNetBackbone(cfg).tower.layer4  # built first by the model too: same random init
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert {k: s.stride for k, s in model.backbone.output_shape().items()} == {"res4": 16}
+    assert isinstance(model.backbone.tower.layer4, torch.nn.Identity)
+    res5 = model.roi_heads.res5
+    expected = reference.state_dict()
+    for name, value in res5.state_dict().items():  # FrozenBN keeps weight / bias / running stats as buffers
+        torch.testing.assert_close(value, expected[name].to(value.dtype), msg=name)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in res5.modules())
+    channels = reference[-1].conv3.out_channels
+    assert model.roi_heads.box_predictor.cls_score.in_features == channels
+    assert model.roi_heads.box_predictor.cls_score.out_features == cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1
+    np.testing.assert_allclose(model.pixel_mean.flatten().numpy(), pixel_stats("VLT-RN-Tiny")[0], rtol=1e-6)
+
+    model.train()
+    with EventStorage():
+        losses = model(_batch(cfg.MODEL.ROI_HEADS.NUM_CLASSES, False))
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    tower = model.backbone.tower
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in res5.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tower.layer3.parameters())
+    assert all(not p.requires_grad for p in tower.layer1.parameters())  # stem + res2 frozen (FROZEN_STAGES 1)
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8), "height": 192,
+                      "width": 256}])[0]["instances"]
+    assert out.image_size == (192, 256)
 
 
 def _expected_lr_factor(name, depth, decay):

@@ -23,7 +23,7 @@ from tabulate import tabulate
 
 from vlt.data.datasets import SEM_SEG_DATASETS, datasets_root
 from vlt.data.datasets.custom import register_custom_datasets
-from vlt.data.datasets.det_common import DET_DATASETS
+from vlt.data.datasets.det_common import DET_DATASETS, is_detection_dataset
 from vlt.data.semantic_mapper import read_sem_seg
 
 TASKS = ("seg", "det")
@@ -34,8 +34,8 @@ HEADERS = {
 
 
 def task_of(name: str) -> str:
-    """"det" for a dataset with COCO (box) evaluation, else "seg"."""
-    return "det" if MetadataCatalog.get(name).get("evaluator_type", None) == "coco" else "seg"
+    """"det" for a box-detection dataset (COCO / VOC evaluation), else "seg"."""
+    return "det" if is_detection_dataset(name) else "seg"
 
 
 def verify_det_record(record: dict, num_classes: int) -> None:

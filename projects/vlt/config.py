@@ -138,7 +138,8 @@ def _add_data_config(cfg):
     # every dataset they list is registered under its name when the config is loaded (vlt.utils.config.load_config),
     # so DATASETS.TRAIN / TEST can name it. Relative paths are relative to where you run.
     cfg.DATASETS.CUSTOM = []
-    # Training mapper picked by VLT's Trainer: "sem_seg" (segmentation) or "vltdet_lsj" (VLTDet's LSJ mapper).
+    # Training mapper picked by VLT's Trainer: "sem_seg" (segmentation), "vltdet_lsj" (VLTDet's LSJ mapper) or
+    # "vltdet_shortest_edge" (detection with D2's ResizeShortestEdge(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN) + flip).
     cfg.INPUT.DATASET_MAPPER_NAME = "sem_seg"
     # Models take RGB 0..255 (open_clip towers); D2's default is BGR.
     cfg.INPUT.FORMAT = "RGB"

@@ -9,16 +9,20 @@ MAX_SIZE_TEST)`` (ViTDet: 1024, 1024 = longest edge 1024) and predictions mapped
 from detectron2.data import DatasetMapper, MetadataCatalog
 from detectron2.data import transforms as T
 
-__all__ = ["DATASET_MAPPER_NAME", "is_detection_config", "check_num_classes", "build_det_train_mapper",
-           "build_det_test_mapper"]
+__all__ = ["DATASET_MAPPER_NAME", "SHORTEST_EDGE_MAPPER_NAME", "DET_MAPPER_NAMES", "is_detection_config",
+           "check_num_classes", "build_det_train_mapper", "build_det_test_mapper"]
 
-# cfg.INPUT.DATASET_MAPPER_NAME that selects :func:`build_det_train_mapper` in VLT's Trainer.
+# cfg.INPUT.DATASET_MAPPER_NAME values that select :func:`build_det_train_mapper` in VLT's Trainer: ViTDet's LSJ, or
+# Detectron2's default detection augmentation (ResizeShortestEdge(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN) + flip), the
+# training resize of the Faster R-CNN baselines (e.g. CLIP the Gap on Diverse Weather: shortest edge 600).
 DATASET_MAPPER_NAME = "vltdet_lsj"
+SHORTEST_EDGE_MAPPER_NAME = "vltdet_shortest_edge"
+DET_MAPPER_NAMES = (DATASET_MAPPER_NAME, SHORTEST_EDGE_MAPPER_NAME)
 
 
 def is_detection_config(cfg) -> bool:
     """Whether ``cfg`` is a VLTDet (box detection) config rather than a segmentation one."""
-    return cfg.INPUT.DATASET_MAPPER_NAME == DATASET_MAPPER_NAME
+    return cfg.INPUT.DATASET_MAPPER_NAME in DET_MAPPER_NAMES
 
 
 def check_num_classes(cfg, dataset_name: str) -> None:
@@ -34,19 +38,26 @@ def check_num_classes(cfg, dataset_name: str) -> None:
 
 
 def build_det_train_mapper(cfg) -> DatasetMapper:
-    """Training mapper: flip + large-scale jitter (cfg.INPUT.LSJ), RGB, boxes (and masks with MODEL.MASK_ON)."""
+    """Training mapper: flip + large-scale jitter (cfg.INPUT.LSJ) or, for "vltdet_shortest_edge", Detectron2's
+    default detection resize ResizeShortestEdge(INPUT.MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, MIN_SIZE_TRAIN_SAMPLING) +
+    flip (INPUT.CROP is segmentation's and not used); RGB, boxes (and masks with MODEL.MASK_ON)."""
     for name in cfg.DATASETS.TRAIN:
         check_num_classes(cfg, name)
-    lsj = cfg.INPUT.LSJ
     augmentations = []
     if cfg.INPUT.RANDOM_FLIP != "none":
         augmentations.append(
             T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal", vertical=cfg.INPUT.RANDOM_FLIP == "vertical")
         )
-    augmentations += [
-        T.ResizeScale(lsj.MIN_SCALE, lsj.MAX_SCALE, target_height=lsj.IMAGE_SIZE, target_width=lsj.IMAGE_SIZE),
-        T.FixedSizeCrop(crop_size=(lsj.IMAGE_SIZE, lsj.IMAGE_SIZE), pad=False),
-    ]
+    if cfg.INPUT.DATASET_MAPPER_NAME == SHORTEST_EDGE_MAPPER_NAME:
+        augmentations.append(T.ResizeShortestEdge(
+            cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+        ))
+    else:
+        lsj = cfg.INPUT.LSJ
+        augmentations += [
+            T.ResizeScale(lsj.MIN_SCALE, lsj.MAX_SCALE, target_height=lsj.IMAGE_SIZE, target_width=lsj.IMAGE_SIZE),
+            T.FixedSizeCrop(crop_size=(lsj.IMAGE_SIZE, lsj.IMAGE_SIZE), pad=False),
+        ]
     return DatasetMapper(
         is_train=True,
         augmentations=augmentations,

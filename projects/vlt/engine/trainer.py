@@ -18,6 +18,7 @@ from detectron2.utils.logger import setup_logger
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..data.datasets.det_common import is_detection_dataset
 from ..solver import build_lr_scheduler, build_optimizer, trainable_parameter_report
 from .checkpoint import VLTCheckpointer
 from .sampler import resumable_sampler
@@ -36,11 +37,13 @@ def build_train_mapper(cfg):
         from ..data import SemSegTrainMapper
 
         return SemSegTrainMapper(cfg, is_train=True)
-    from ..data import DATASET_MAPPER_NAME, build_det_train_mapper, is_detection_config
+    from ..data.det_mapper import DET_MAPPER_NAMES, build_det_train_mapper, is_detection_config
 
     if is_detection_config(cfg):
         return build_det_train_mapper(cfg)
-    raise ValueError(f"Unknown cfg.INPUT.DATASET_MAPPER_NAME '{name}' (expected 'sem_seg' or '{DATASET_MAPPER_NAME}')")
+    raise ValueError(
+        f"Unknown cfg.INPUT.DATASET_MAPPER_NAME '{name}' (expected 'sem_seg' or one of {DET_MAPPER_NAMES})"
+    )
 
 
 def build_ddp_model(cfg, model: nn.Module) -> nn.Module:
@@ -212,8 +215,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "sem_seg")
-        if evaluator_type == "coco":
+        if is_detection_dataset(dataset_name):
             from ..data import build_det_test_loader
 
             return build_det_test_loader(cfg, dataset_name)
@@ -225,8 +227,7 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         metadata = MetadataCatalog.get(dataset_name)
-        evaluator_type = metadata.get("evaluator_type", "sem_seg")
-        if evaluator_type == "coco":
+        if is_detection_dataset(dataset_name):
             from ..evaluation import build_det_evaluator
 
             return build_det_evaluator(cfg, dataset_name, output_folder)

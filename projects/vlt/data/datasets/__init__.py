@@ -1,6 +1,6 @@
 """VLT datasets, one file each, registered in Detectron2's catalogs on import (no file reads): semantic segmentation
 (``register_all_sem_seg``) and detection (the ``det_*`` modules register theirs when imported)."""
-from . import det_acdc, det_bdd100k, det_cityscapes, det_synthetic, det_vlt_demo  # noqa: F401  (detection)
+from . import det_acdc, det_bdd100k, det_cityscapes, det_dwd, det_synthetic, det_vlt_demo  # noqa: F401  (detection)
 from .acdc import register_acdc
 from .bdd100k import register_bdd100k
 from .cityscapes import register_cityscapes

@@ -7,13 +7,17 @@ Dataset dicts are Detectron2's standard ones: ``file_name, height, width, image_
 ``["car"]`` for the Sim10k benchmark).
 """
 import glob
+import hashlib
 import json
 import logging
 import os
+import pickle
+import time
 from multiprocessing import Pool
-from typing import Callable, List, Mapping, Sequence, Tuple
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import tqdm
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from PIL import Image
@@ -31,7 +35,7 @@ from .common import README, datasets_root, require_dir  # README: its "Detection
 __all__ = [
     "DET_DATASETS", "README", "datasets_root", "register_det_dataset", "require_dir", "load_label_files",
     "read_cityscapes_ids", "annotations_from_cityscapes_ids_file", "cityscapes_style_pairs", "car_only",
-    "load_coco_by_name",
+    "load_coco_by_name", "DETECTION_EVALUATOR_TYPES", "is_detection_dataset", "label_cache_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -42,16 +46,37 @@ DET_DATASETS: List[str] = []
 CAR_FROM_THINGS = {THING_CLASSES.index("car"): 0}
 
 
-def register_det_dataset(name: str, loader: Callable[[], List[dict]], car_only: bool = False, **metadata) -> None:
-    """Register a detection dataset (lazy ``loader``) with COCO evaluation and the VLTDet class set; ``metadata``
+# Metadata evaluator_type of VLT's detection datasets: COCO AP, or COCO AP + Pascal VOC AP50 (Diverse Weather).
+DETECTION_EVALUATOR_TYPES = ("coco", "pascal_voc")
+
+
+def is_detection_dataset(name: str) -> bool:
+    """Whether the registered dataset ``name`` is a box-detection set (scored by vlt.evaluation.det_evaluation)."""
+    return MetadataCatalog.get(name).get("evaluator_type", None) in DETECTION_EVALUATOR_TYPES
+
+
+def register_det_dataset(
+    name: str,
+    loader: Callable[[], List[dict]],
+    car_only: bool = False,
+    classes: Optional[Sequence[str]] = None,
+    colors: Optional[Sequence[Tuple[int, int, int]]] = None,
+    evaluator_type: str = "coco",
+    **metadata,
+) -> None:
+    """Register a detection dataset (lazy ``loader``) with the VLTDet class set (or ``classes`` / ``colors``, e.g.
+    the Diverse Weather set's) and COCO evaluation (``evaluator_type`` "pascal_voc": COCO + VOC AP50); ``metadata``
     adds e.g. ``dataset_folder`` (its folder under the datasets root, as the segmentation datasets)."""
-    classes, colors = (CAR_CLASSES, [THING_COLORS[THING_CLASSES.index("car")]]) if car_only else (
-        THING_CLASSES, THING_COLORS
-    )
+    if evaluator_type not in DETECTION_EVALUATOR_TYPES:
+        raise ValueError(f"{name}: evaluator_type must be one of {DETECTION_EVALUATOR_TYPES}, got {evaluator_type!r}")
+    if classes is None:
+        classes, colors = (CAR_CLASSES, [THING_COLORS[THING_CLASSES.index("car")]]) if car_only else (
+            THING_CLASSES, THING_COLORS
+        )
     DatasetCatalog.register(name, loader)
     DET_DATASETS.append(name)
     MetadataCatalog.get(name).set(
-        thing_classes=list(classes), thing_colors=list(colors), evaluator_type="coco", **metadata
+        thing_classes=list(classes), thing_colors=list(colors), evaluator_type=evaluator_type, **metadata
     )
 
 
@@ -82,6 +107,27 @@ def _load_one(args) -> dict:
     return {"file_name": image_file, "height": int(height), "width": int(width), "annotations": annotations}
 
 
+def label_cache_dir() -> str:
+    """Folder of the label caches: $VLT_CACHE_DIR, else ~/.cache/vlt (read at call time)."""
+    return os.path.expanduser(os.getenv("VLT_CACHE_DIR", os.path.join("~", ".cache", "vlt")))
+
+
+def _cache_path(args: Sequence[tuple], image_suffix: str) -> str:
+    """Cache file of one load: keyed by the reader, its options, and the path, size and mtime of every label
+    file (a changed, added or removed file gives another key, so a stale cache is never read)."""
+    digest = hashlib.sha256()
+    reader = args[0][2] if args else None
+    digest.update(f"{getattr(reader, '__module__', '')}.{getattr(reader, '__qualname__', '')}|{image_suffix}".encode())
+    for image, label_files, _, with_masks in args:
+        digest.update(f"|{image}|{int(with_masks)}".encode())
+        for path in label_files:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"Label file '{path}' of image '{image}' not found (see {README})")
+            stat = os.stat(path)
+            digest.update(f"|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return os.path.join(label_cache_dir(), "det_labels", digest.hexdigest()[:32] + ".pkl")
+
+
 def load_label_files(
     items: Sequence[Tuple[str, Tuple[str, ...]]],
     read_annotations: Callable[[Tuple[str, ...], bool], Tuple[int, int, List[dict]]] = (
@@ -90,27 +136,47 @@ def load_label_files(
     with_masks: bool = True,
     workers: int = 0,
     image_suffix: str = "",
+    cache: bool = True,
 ) -> List[dict]:
     """Dataset dicts from (image file, label files) items; ``image_id`` = image file name without
     ``image_suffix`` (e.g. "_leftImg8bit.png"; default: without its extension).
 
     ``read_annotations(label_files, with_masks) -> (height, width, annotations)`` reads one image's labels (a
     module-level function: large datasets are read by a process pool, ``workers`` 0 = up to 8 processes for
-    more than 64 images).
+    more than 64 images), with a progress bar. The result is cached (``cache``) in :func:`label_cache_dir` under a
+    key of every label file's path, size and modification time, so the next start reads one file instead of
+    thousands; changing any label file makes a new key.
     """
     args = [(image, tuple(files), read_annotations, with_masks) for image, files in items]
+    cache_file = _cache_path(args, image_suffix) if cache else None
+    if cache_file and os.path.isfile(cache_file):
+        with open(cache_file, "rb") as f:
+            dicts = pickle.load(f)
+        logger.info(f"{len(dicts)} images' labels read from the cache {cache_file}")
+        return dicts
     if workers == 0:
         workers = min(8, os.cpu_count() or 1) if len(args) > 64 else 1
+    start = time.perf_counter()
+    progress = dict(total=len(args), desc="Reading label files", unit="image", disable=len(args) < 100,
+                    mininterval=2.0)
     if workers > 1:
         with Pool(workers) as pool:
-            dicts = pool.map(_load_one, args, chunksize=16)
+            dicts = list(tqdm.tqdm(pool.imap(_load_one, args, chunksize=16), **progress))
     else:
-        dicts = [_load_one(a) for a in args]
+        dicts = [_load_one(a) for a in tqdm.tqdm(args, **progress)]
     for d in dicts:
         name = os.path.basename(d["file_name"])
         d["image_id"] = name[: -len(image_suffix)] if image_suffix and name.endswith(image_suffix) else (
             os.path.splitext(name)[0]
         )
+    if cache_file:
+        os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+        partial = f"{cache_file}.{os.getpid()}.tmp"
+        with open(partial, "wb") as f:
+            pickle.dump(dicts, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(partial, cache_file)  # atomic: a concurrent reader sees the whole file or none
+        logger.info(f"Read the labels of {len(dicts)} images in {time.perf_counter() - start:.1f} s; cached to "
+                    f"{cache_file}")
     return dicts
 
 

@@ -96,14 +96,15 @@ def load_sim10k_car() -> list:
         raise FileNotFoundError(
             f"sim10k_car_train: no annotations in '{voc}/Annotations' (see {README}, 'Detection: Sim10k')"
         )
-    dicts = []
-    for stem in stems:
-        height, width, annotations = sim10k_annotations(os.path.join(voc, "Annotations", stem + ".xml"))
-        dicts.append({
-            "file_name": os.path.join(voc, "JPEGImages", stem + ".jpg"), "height": height, "width": width,
-            "image_id": stem, "annotations": annotations,
-        })
-    return dicts
+    items = [
+        (os.path.join(voc, "JPEGImages", stem + ".jpg"), (os.path.join(voc, "Annotations", stem + ".xml"),))
+        for stem in stems
+    ]
+    return load_label_files(items, read_annotations=_sim10k_label_file, with_masks=False)
+
+
+def _sim10k_label_file(files: Tuple[str], with_masks: bool) -> Tuple[int, int, List[dict]]:
+    return sim10k_annotations(files[0])
 
 
 register_det_dataset("urbansyn_det_train", load_urbansyn_det, dataset_folder="urbansyn")
