@@ -203,7 +203,7 @@ def test_eval_only_exports_test_server_submissions(trained, data_root, tmp_path)
         pred = cv2.imread(str(acdc / "labelTrainIds" / condition / name), cv2.IMREAD_UNCHANGED)
         assert pred.shape == SIZE and pred.max() < 19
         with zipfile.ZipFile(acdc / f"acdc_{condition}.zip") as archive:
-            assert archive.namelist() == [name]
+            assert archive.namelist() == [f"labelTrainIds/{name}"]  # the server's layout: one flat folder
     with zipfile.ZipFile(acdc / "acdc_all.zip") as archive:
         assert len(archive.namelist()) == 4
     summary = json.loads((acdc / "submission_summary.json").read_text())
@@ -348,15 +348,43 @@ def test_resume_after_kill_continues_like_an_uninterrupted_run(data_root, tmp_pa
 
 
 # ------------------------------------------------------------------------------------------------------- errors
+def assert_user_error(done, message, log=None):
+    """Exit status 1, ``message`` in the last line, no traceback on the console; the traceback in ``log``."""
+    assert done.returncode == 1, done.stdout[-3000:]
+    assert message in done.stdout.splitlines()[-1], done.stdout[-3000:]
+    assert "Traceback" not in done.stdout, done.stdout[-3000:]
+    if log is not None:
+        text = pathlib.Path(log).read_text()
+        assert text.count("Traceback (most recent call last)") >= 1 and message in text
+
+
 def test_unknown_config_keys_fail_naming_the_key(data_root, tmp_path):
     done = train_net(data_root, BASE, ["MODEL.MASK_FORMER.NUM_QUERIES", 8], "--eval-only", check=False)
-    assert done.returncode != 0
-    assert "Non-existent key: MODEL.MASK_FORMER.NUM_QUERIES" in done.stdout.splitlines()[-1]
+    assert_user_error(done, "Non-existent key: MODEL.MASK_FORMER.NUM_QUERIES")
     config = tmp_path / "typo.yaml"
     config.write_text(f'_BASE_: "{BASE}"\nSOLVER:\n  MAX_ITERS: 10\n')
     done = train_net(data_root, str(config), [], "--eval-only", check=False)
-    assert done.returncode != 0
-    assert "SOLVER.MAX_ITERS" in done.stdout and str(config) in done.stdout
+    assert_user_error(done, "SOLVER.MAX_ITERS")
+    assert str(config) in done.stdout.splitlines()[-1]
+
+
+def test_truncated_checkpoint_is_one_line_and_the_traceback_goes_to_log_txt(trained, data_root, tmp_path):
+    out, _ = trained
+    data = (out / "model_final.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 3])
+    done = train_net(data_root, BASE, ["MODEL.WEIGHTS", tmp_path / "cut.pth", "OUTPUT_DIR", tmp_path / "o"],
+                     "--eval-only", check=False)
+    assert_user_error(done, f"Checkpoint '{tmp_path / 'cut.pth'}' cannot be read", log=tmp_path / "o" / "log.txt")
+
+
+def test_user_error_in_two_processes_surfaces_once(data_root, tmp_path):
+    """Detectron2's launcher with 2 processes: the error of a worker process ends the run once, as one line."""
+    done = train_net(data_root, BASE, ["DATASETS.TRAIN", "('gta5_train',)", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 7,
+                                       "OUTPUT_DIR", tmp_path], "--num-gpus", "2",
+                     check=False)
+    message = "MODEL.SEM_SEG_HEAD.NUM_CLASSES is 7 but gta5_train has 19 classes"
+    assert_user_error(done, message, log=tmp_path / "log.txt")
+    assert done.stdout.count(message) == 1
 
 
 def test_missing_dataset_root_names_the_path(tmp_path):

@@ -4,8 +4,13 @@
     python tools/train_net.py --config-file configs/vltseg_gta.yaml --num-gpus 8
     python tools/train_net.py --config-file configs/vltseg_cityscapes.yaml --eval-only MODEL.WEIGHTS model.pth
     python tools/train_net.py --config-file configs/vltseg_cityscapes.yaml --resume     # after a kill
+
+A user error (missing data, bad config value, unusable checkpoint, unwritable output) ends the run with its message as
+the last line and exit status 1; the traceback goes to OUTPUT_DIR/log.txt (VLT_DEBUG=1 prints it here too).
 """
+import vlt  # noqa: F401, I001  (first: its warnings filter must be in place before Detectron2 imports fvcore)
 import logging
+import sys
 
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
@@ -14,6 +19,7 @@ from detectron2.utils.logger import setup_logger
 from vlt.engine import Trainer, VLTCheckpointer
 from vlt.engine.checkpoint import build_model_for_evaluation
 from vlt.utils.config import load_config
+from vlt.utils.errors import LogErrors, quiet_console_tracebacks, run_tool
 
 
 def setup(args):
@@ -22,6 +28,7 @@ def setup(args):
     # default_setup only logs "detectron2" and "fvcore": without this, VLT's own lines (parameter report,
     # multi-target table, submission summary, AMP fallback) reach neither the console nor log.txt.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vlt", abbrev_name="vlt")
+    quiet_console_tracebacks()  # user errors: the traceback goes to log.txt, the message is printed last
     return cfg
 
 
@@ -45,7 +52,7 @@ def main(args):
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
-    launch(
-        main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+    sys.exit(run_tool(
+        launch, LogErrors(main), args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
         dist_url=args.dist_url, args=(args,),
-    )
+    ))

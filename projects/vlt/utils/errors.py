@@ -5,7 +5,8 @@ A *user error* is a problem with what the user gave: missing or broken data, a b
 checkpoint, an output that cannot be written. Two kinds of exceptions count as one:
 
 - :class:`UserError` and its subclasses (which also subclass the built-in type callers already catch:
-  ``InputError`` is a ``ValueError``, ``MissingFileError`` a ``FileNotFoundError``, ``OutputError`` an ``OSError``);
+  ``InputError`` is a ``ValueError``, ``ConfigKeyError`` a ``KeyError``, ``MissingFileError`` a
+  ``FileNotFoundError``, ``OutputError`` an ``OSError``);
 - a ``ValueError``, ``KeyError``, ``FileNotFoundError`` or ``NotADirectoryError`` raised by a ``raise`` statement of
   VLT itself (the package or ``tools/``): VLT raises these only for checked conditions, with a message that names the
   file, key or value.
@@ -27,6 +28,7 @@ from typing import Any, Callable, Iterable, List, Optional, Tuple
 __all__ = [
     "UserError",
     "InputError",
+    "ConfigKeyError",
     "MissingFileError",
     "OutputError",
     "is_user_error",
@@ -59,6 +61,10 @@ class UserError(Exception):
 
 class InputError(UserError, ValueError):
     """Broken input: a corrupt image or label, a truncated checkpoint, a config value that cannot work."""
+
+
+class ConfigKeyError(UserError, KeyError):
+    """A config key that neither Detectron2 nor VLT defines (in a YAML file or a command-line override)."""
 
 
 class MissingFileError(UserError, FileNotFoundError):
@@ -216,10 +222,10 @@ def run_tool(fn: Callable[..., Any], *args, **kwargs) -> int:
         if debug_enabled():
             traceback.print_exc()
         else:
-            where = f"in {', '.join(files)}; " if files else ""
-            if "Traceback (most recent call last)" in str(e.args[0] if e.args else ""):
-                where = "in the failing process's log file; "
-            print(f"(full traceback {where}{DEBUG_ENV}=1 prints it here)", file=sys.stderr)
+            where = f"traceback in {', '.join(files)}; " if files else ""
+            if not files and "Traceback (most recent call last)" in str(e.args[0] if e.args else ""):
+                where = "traceback in the failing process's log.txt; "
+            print(f"({where}{DEBUG_ENV}=1 prints it here)", file=sys.stderr)
         print(f"Error: {user_error_message(e)}", file=sys.stderr)
         return 1
     return int(result) if isinstance(result, (int, bool)) else 0
