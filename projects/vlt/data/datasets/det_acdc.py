@@ -1,7 +1,7 @@
-"""ACDC (fog / night / rain / snow) as VLTDet targets, from ACDC's COCO-format detection labels.
+"""ACDC (fog / night / rain / snow) as VLTDet targets and real-to-real source, from ACDC's COCO-format detection labels.
 
-Registered: ``acdc_det_<condition>_val`` for each condition and ``acdc_det_val`` (all four). Labels:
-``acdc/gt_detection/<condition>/instancesonly_<condition>_val_gt_detection.json`` (``gt_detection_trainval.zip``),
+Registered: ``acdc_det_<condition>_{train,val}`` for each condition and ``acdc_det_{train,val}`` (all four). Labels:
+``acdc/gt_detection/<condition>/instancesonly_<condition>_<split>_gt_detection.json`` (``gt_detection_trainval.zip``),
 image paths in them relative to ``acdc/rgb_anon/``; categories mapped by their Cityscapes names.
 """
 import os
@@ -34,8 +34,10 @@ def _load_all(split: str) -> list:
     return [d for condition in ACDC_CONDITIONS for d in load_acdc_det(condition, split)]
 
 
-for _condition in ACDC_CONDITIONS:
-    register_det_dataset(
-        f"acdc_det_{_condition}_val", partial(load_acdc_det, _condition), condition=_condition, dataset_folder="acdc"
-    )
-register_det_dataset("acdc_det_val", partial(_load_all, "val"), dataset_folder="acdc")
+for _split in ("train", "val"):
+    for _condition in ACDC_CONDITIONS:
+        register_det_dataset(
+            f"acdc_det_{_condition}_{_split}", partial(load_acdc_det, _condition, _split), condition=_condition,
+            dataset_folder="acdc",
+        )
+    register_det_dataset(f"acdc_det_{_split}", partial(_load_all, _split), dataset_folder="acdc")

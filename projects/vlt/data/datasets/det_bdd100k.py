@@ -1,11 +1,13 @@
-"""BDD100K detection (val, 10,000 images at 1280x720) as a VLTDet target.
+"""BDD100K detection (1280x720): val (10,000 images) as a VLTDet target, train (70,000) as a real-to-real source.
 
-Registered: ``bdd100k_det_val``. Labels: ``bdd100k/labels/det_20/det_val.json`` (2020 release) or
-``bdd100k/labels/bdd100k_labels_images_val.json`` (2018 release); images ``bdd100k/images/100k/val/*.jpg``. Classes
+Registered: ``bdd100k_det_val``, ``bdd100k_det_train``. Labels: ``bdd100k/labels/det_20/det_<split>.json`` (2020
+release) or ``bdd100k/labels/bdd100k_labels_images_<split>.json`` (2018 release); images
+``bdd100k/images/100k/<split>/*.jpg``. Classes
 mapped by :data:`~vlt.data.instance_boxes.BDD100K_DET_TO_THING` (traffic lights / signs and "other" classes dropped).
 """
 import json
 import os
+from functools import partial
 
 from detectron2.structures import BoxMode
 
@@ -52,4 +54,5 @@ def load_bdd100k_det(split: str = "val") -> list:
     ]
 
 
-register_det_dataset("bdd100k_det_val", load_bdd100k_det, dataset_folder="bdd100k")
+for _split in ("train", "val"):
+    register_det_dataset(f"bdd100k_det_{_split}", partial(load_bdd100k_det, _split), dataset_folder="bdd100k")
