@@ -24,4 +24,12 @@ def test_short_detection_demo_writes_table_overlays_and_summary(tmp_path, monkey
     assert [row["name"] for row in table["rows"]][: len(names)] == names
     for name in names:
         assert len(list((output / "overlays" / name).glob("*.png"))) == 1
-    assert json.loads((output / "demo_det_summary.json").read_text())["AP"] == summary["AP"]
+    saved = json.loads((output / "demo_det_summary.json").read_text())
+    assert saved["AP"] == summary["AP"]
+    # Headline: mAP50 (COCO AP50 on the demo's COCO-evaluated sets), mean over the four targets, rPD vs source val.
+    headline = summary["mAP50"]
+    assert list(headline) == names + ["mean", "rPD"]
+    assert headline["mean"] == pytest.approx(sum(headline[n] for n in names[1:]) / len(names[1:]))
+    if headline[names[0]] > 0:
+        assert headline["rPD"] == pytest.approx(100 * headline["mean"] / headline[names[0]])
+    assert saved["mAP50"]["mean"] == pytest.approx(headline["mean"])
