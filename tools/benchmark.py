@@ -8,6 +8,7 @@
 Weights are random (no download): timings do not depend on them. Each figure is the median over ``--iters``
 timed iterations after ``--warmup`` untimed ones; the table also gives each row relative to the first row.
 """
+import vlt  # noqa: F401, I001  (first: its warnings filter must precede Detectron2's import of fvcore)
 import argparse
 import resource
 import statistics
@@ -20,6 +21,8 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.utils.events import EventStorage
 from tabulate import tabulate
+
+from vlt.utils.errors import run_tool
 
 
 def _sync(device: torch.device):
@@ -178,4 +181,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -17,6 +17,7 @@ Measures, per pair:
 Rounds run the methods in rotating order; ratios use each method's best round (timeit-style, least disturbed
 by other processes); the median round is shown too. All mIoUs must agree.
 """
+import vlt  # noqa: F401, I001  (first: its warnings filter must precede Detectron2's import of fvcore)
 import argparse
 import logging
 import os
@@ -38,6 +39,7 @@ from vlt.evaluation import (
     read_label_png,
     train_ids_to_label_ids,
 )
+from vlt.utils.errors import run_tool
 
 DATASET = "vlt_benchmark_eval"
 
@@ -189,4 +191,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -12,6 +12,7 @@ about as large as real ones) to a temporary folder, then times, on the same file
 - test mapper: "fit_1024x512" resize + label check;
 - train loader: ``Trainer.build_train_loader`` (the loader training uses) with each ``--workers`` count (batch 2).
 """
+import vlt  # noqa: F401, I001  (first: its warnings filter must precede Detectron2's import of fvcore)
 import argparse
 import json
 import os
@@ -29,6 +30,7 @@ from vlt.data import SemSegTestMapper, SemSegTrainMapper
 from vlt.data.cityscapes_classes import CLASSES
 from vlt.data.demo_generator import render_image
 from vlt.engine import Trainer
+from vlt.utils.errors import run_tool
 
 NAME = "vlt_benchmark_loader"
 
@@ -120,4 +122,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -12,6 +12,7 @@ annotations (COCO / BDD100K JSON, instance-id PNGs, VOC XML; the loader names th
 label (minutes for Synscapes / UrbanSyn); --verify-labels N then opens the first N images and checks their size
 and boxes against the records. Exit status 1 if a dataset named with --names is missing or broken.
 """
+import vlt  # noqa: F401, I001  (first: its warnings filter must precede Detectron2's import of fvcore)
 import argparse
 import os
 import sys
@@ -25,6 +26,7 @@ from vlt.data.datasets import SEM_SEG_DATASETS, datasets_root
 from vlt.data.datasets.custom import register_custom_datasets
 from vlt.data.datasets.det_common import DET_DATASETS, is_detection_dataset
 from vlt.data.semantic_mapper import read_sem_seg
+from vlt.utils.errors import run_tool
 
 TASKS = ("seg", "det")
 HEADERS = {
@@ -109,4 +111,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -28,6 +28,7 @@ EVA02 checkpoints hold none, and VLT loads that tower from ``MODEL.OPEN_CLIP.PRE
 counterpart (which fails the conversion). The released head has no ``query_embed`` / ``query_feat`` (the linked
 tokens replace them), so ours keep their initial values, unused.
 """
+import vlt  # noqa: F401, I001  (first: its warnings filter must precede Detectron2's import of fvcore)
 import argparse
 import logging
 import pickle
@@ -38,6 +39,8 @@ from collections import OrderedDict
 from typing import Callable, Dict, List, Tuple, Union
 
 import torch
+
+from vlt.utils.errors import run_tool
 
 logger = logging.getLogger("vlt.convert_rein")
 
@@ -225,4 +228,4 @@ def main(argv=None) -> Dict[str, List[str]]:
 
 
 if __name__ == "__main__":
-    sys.exit(1 if main()["unmapped"] else 0)
+    sys.exit(run_tool(lambda: 1 if main()["unmapped"] else 0))

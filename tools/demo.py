@@ -12,6 +12,7 @@ Images: ``<output>/<name>_overlay.png`` (prediction drawn over the image) and th
 ``<name>_labels.png`` (segmentation: train ids, uint8) or ``<name>_detections.json`` (detection: boxes in pixels,
 scores, classes). Video: ``<output>/<name>_overlay.mp4``. An unreadable file is reported and skipped; the run goes on.
 """
+import vlt  # noqa: F401, I001  (first: its warnings filter must precede Detectron2's import of fvcore)
 import argparse
 import glob
 import json
@@ -37,6 +38,7 @@ from vlt.data.semantic_mapper import evaluation_resize_shape, resolve_test_resol
 from vlt.data.transforms import CV2ResizeTransform
 from vlt.engine.checkpoint import build_model_for_evaluation
 from vlt.utils.config import load_config
+from vlt.utils.errors import run_tool
 
 logger = logging.getLogger("vlt.demo")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -215,4 +217,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -6,12 +6,14 @@
 The datasets vlt_demo_source_{train,val} and vlt_demo_{fog,night,rain,shift}_val read it from
 $DETECTRON2_DATASETS/vlt_demo (default ./datasets/vlt_demo).
 """
+import vlt  # noqa: F401, I001  (first: its warnings filter must precede Detectron2's import of fvcore)
 import argparse
 import os
 import sys
 import time
 
 from vlt.data.demo_generator import generate_demo_dataset
+from vlt.utils.errors import run_tool
 
 
 def main(argv=None) -> int:
@@ -31,4 +33,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -11,9 +11,11 @@ Generates the data first if it is missing (as tools/generate_demo_data.py does).
 overlays/<dataset>/*.png (image | ground truth | prediction), the checkpoint (model_final.pth) and
 demo_summary.json (mIoU per dataset, the mIoU of a constant guess for comparison, seconds per iteration).
 """
+import vlt  # noqa: F401, I001  (first: its warnings filter must precede Detectron2's import of fvcore)
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -26,6 +28,7 @@ from PIL import Image
 
 from vlt.data import build_sem_seg_test_loader
 from vlt.engine.demo import train_and_evaluate_demo
+from vlt.utils.errors import run_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
@@ -119,4 +122,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_tool(main))

@@ -11,9 +11,11 @@ overlays/<dataset>/*.png (left: ground truth, right: predictions with score >= -
 demo_det_summary.json (mAP50 per dataset with the mean over targets and the rPD, COCO AP and AP50 per dataset,
 seconds per training iteration).
 """
+import vlt  # noqa: F401, I001  (first: its warnings filter must precede Detectron2's import of fvcore)
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ from PIL import Image
 from vlt.data import build_det_test_mapper
 from vlt.engine.demo import train_and_evaluate_demo
 from vlt.evaluation import det_multi_target_table
+from vlt.utils.errors import run_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,4 +94,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_tool(main))
