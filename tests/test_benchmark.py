@@ -22,7 +22,9 @@ def test_model_benchmark_prints_a_row_per_measurement(config, opts, rows, load_s
 
 def test_tower_benchmark_compares_to_the_first_row(load_script, capsys):
     assert load_script("tools/benchmark.py").main([
-        "--towers", "VLT-ViT-Tiny-16", "VLT-EVA02-Tiny-16", "--size", "64", "--iters", "1", "--device", "cpu",
+        "--towers", "VLT-ViT-Tiny-16", "VLT-EVA02-Tiny-16", "timm:vlt_tiny_samvit_patch16", "--size", "64", "--iters",
+        "1", "--device", "cpu",
     ]) == 0
     out = capsys.readouterr().out
     assert "VLT-ViT-Tiny-16" in out and "VLT-EVA02-Tiny-16" in out and "1.00" in out
+    assert "timm:vlt_tiny_samvit_patch16" in out

@@ -93,6 +93,32 @@ def test_backbone_taps_hooks_and_prefix_tokens(name):
 
 
 @pytest.mark.parametrize("name", ["vlt_tiny_dinov2_reg4_patch14", "vlt_tiny_samvit_patch16"])
+def test_rein_refines_patch_tokens_and_leaves_registers_and_class_token_alone(name):
+    """Rein as a hook on towers with 5 prefix tokens (class + 4 registers) and none (SAM)."""
+    from vlt.modeling.adapters.rein import Rein
+
+    backbone = build_open_clip_vit_backbone(_cfg(name, PATCH_SIZE=16), None).eval()
+    rein = Rein(depth=4, width=64, num_tokens=6, rank=4, scale_init=1.0, link_queries=False,
+                num_prefix_tokens=backbone.num_prefix_tokens)
+    seen = []
+
+    class Around(BlockHook):
+        def forward(self, index, tokens, grid, context):
+            refined = rein(index, tokens, grid, context)
+            seen.append((tokens, refined))
+            return refined
+
+    backbone.add_block_hook(Around())
+    with torch.no_grad():
+        backbone(torch.randn(1, 3, 32, 64))
+    p = PREFIX[name]
+    assert len(seen) == 4
+    for tokens, refined in seen:
+        assert torch.equal(refined[:, :p], tokens[:, :p]) and refined.shape == (1, p + 8, 64)
+        assert not torch.allclose(refined[:, p:], tokens[:, p:])
+
+
+@pytest.mark.parametrize("name", ["vlt_tiny_dinov2_reg4_patch14", "vlt_tiny_samvit_patch16"])
 def test_pyramid_mode(name):
     backbone = build_open_clip_vit_backbone(_cfg(name, OUT_MODE="pyramid", PYRAMID_CHANNELS=32, PATCH_SIZE=16), None)
     out = backbone(torch.randn(1, 3, 64, 96))

@@ -4,6 +4,7 @@
     python tools/benchmark.py --config-file configs/vltseg_gta_clip_vit_b16.yaml --size 512 --batch 2
     python tools/benchmark.py --config-file configs/vltseg_gta.yaml --size 1024 --amp bf16      # on a GPU
     python tools/benchmark.py --towers ViT-B-16 EVA02-B-16 ViT-L-14 EVA02-L-14 --size 512    # towers alone
+    python tools/benchmark.py --towers timm:vit_large_patch14_dinov2 timm:samvit_large_patch16 --size 512  # timm
 
 Weights are random (no download): timings do not depend on them. Each figure is the median over ``--iters``
 timed iterations after ``--warmup`` untimed ones; the table also gives each row relative to the first row.
@@ -74,11 +75,12 @@ def synthetic_training_input(cfg, size: int, detection: bool) -> Dict:
 
 
 def benchmark_towers(names: List[str], size: int, device: torch.device, args) -> List[Dict]:
-    from vlt.modeling.backbone import OpenCLIPViT, VisionTower, build_open_clip_model
+    from vlt.modeling.backbone import OpenCLIPViT, build_vision_tower
 
     rows = []
     for name in names:
-        tower = VisionTower(build_open_clip_model(name), patch_size=args.patch_size)
+        source, model_name = name.split(":", 1) if name.startswith("timm:") else ("open_clip", name)
+        tower, _ = build_vision_tower(source, model_name, patch_size=args.patch_size)
         vit = OpenCLIPViT(tower, out_features=["last_feat"]).to(device).eval()
         div = vit.patch_size
         side = size // div * div
@@ -151,7 +153,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config-file", help="benchmark this model (train step + inference)")
-    source.add_argument("--towers", nargs="+", help="benchmark these open_clip towers' forward alone")
+    source.add_argument("--towers", nargs="+",
+                        help="benchmark these towers' forward alone: open_clip names, or timm names as timm:<name>")
     parser.add_argument("--size", type=int, default=512, help="square training / tower input size")
     parser.add_argument("--test-size", type=int, nargs=2, default=None, help="inference input H W")
     parser.add_argument("--batch", type=int, default=1)
