@@ -207,9 +207,13 @@ def test_registration_lists_the_layout(data_root, make, name, count, image_rel, 
     assert all(os.path.isfile(d["file_name"]) for d in dicts)
 
 
-def test_gta5_robustnet_split_lists(data_root):
+def test_gta5_robustnet_split_lists(data_root, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(data_root / "absent"))
+    with pytest.raises(FileNotFoundError, match=r"^gta5_robustnet_val: dataset root"):  # its own name, not gta5_train
+        DatasetCatalog.get("gta5_robustnet_val")
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(data_root))
     _gta5(data_root)
-    with pytest.raises(FileNotFoundError, match=r"gtav_split_val.txt' not found"):
+    with pytest.raises(FileNotFoundError, match=r"^gta5_robustnet_val: split list .*gtav_split_val.txt' not found"):
         DatasetCatalog.get("gta5_robustnet_val")
     (data_root / "gta5" / "gtav_split_val.txt").write_text("00003.png\n00001.png\n")
     dicts = DatasetCatalog.get("gta5_robustnet_val")
@@ -451,10 +455,12 @@ def test_check_datasets_reports_present_and_broken(data_root, capsys):
     assert module.main(["--names", "gta5_train", "bdd100k_sem_seg_val", "--verify-labels", "3"]) == 1
     out = capsys.readouterr().out
     assert re.search(r"\| gta5_train\s+\| yes\s+\|\s+3 \|\s+3 \| OK", out)  # first run
-    assert re.search(r"\| gta5_train\s+\| yes\s+\| 3\s+\| 3\s+\| ERROR", out)  # the third label is checked
-    assert re.search(r"\| bdd100k_sem_seg_val\s+\| no\s+\| -", out)
-    assert "gta5_train: ValueError: Label '" in out and "00003_labelTrainIds.png" in out
-    assert "bdd100k_sem_seg_val: FileNotFoundError: bdd100k_sem_seg_val: dataset root" in out
+    assert re.search(r"\| gta5_train\s+\| yes\s+\|\s+3 \|\s+3 \| BROKEN", out)  # the third label is checked
+    # not downloaded: one line, no table row; present but broken: the error in full
+    missing = f"Not downloaded (1; see datasets/README.md):\n  bdd100k_sem_seg_val: '{data_root / 'bdd100k'}' not found"
+    assert missing in out
+    assert not re.search(r"\| bdd100k_sem_seg_val", out)
+    assert "Present but broken (1):\n\ngta5_train: ValueError: Label '" in out and "00003_labelTrainIds.png" in out
 
 
 def _acdc_det(root, condition, box):
@@ -482,18 +488,26 @@ def test_check_datasets_detection(data_root, capsys):
     assert "Detection:" in out and "| dataset" in out and "| boxes" in out
     assert re.search(r"\| acdc_det_rain_val\s+\| yes\s+\|\s+1 \|\s+1 \| OK", out)  # first run: not verified
     assert re.search(r"\| acdc_det_fog_val\s+\| yes\s+\| 1\s+\| 1\s+\| OK", out)
-    assert re.search(r"\| acdc_det_rain_val\s+\| yes\s+\| 1\s+\| 1\s+\| ERROR", out)
-    assert re.search(r"\| acdc_det_night_val\s+\| yes\s+\| -\s+\| -\s+\| ERROR", out)
+    assert re.search(r"\| acdc_det_rain_val\s+\| yes\s+\| 1\s+\| 1\s+\| BROKEN", out)
+    assert re.search(r"\| acdc_det_night_val\s+\| yes\s+\| -\s+\| -\s+\| BROKEN", out)
     assert "acdc_det_rain_val: ValueError: Image '" in out and "outside the 8x16 image" in out
     assert "acdc_det_night_val: FileNotFoundError: " in out and "instancesonly_night_val_gt_detection.json" in out
-    assert "Semantic segmentation:" in out and re.search(r"\| gta5_train\s+\| no", out)  # tasks in their tables
+    assert "Semantic segmentation:" not in out and f"  gta5_train: '{data_root / 'gta5'}' not found" in out
 
     assert module.main(["--task", "det"]) == 0  # all registered ones; missing ones are reported, not fatal
     out = capsys.readouterr().out
-    assert "Semantic segmentation:" not in out and re.search(r"\| sim10k_car_train\s+\| no\s+\| -", out)
+    assert "Semantic segmentation:" not in out and "  sim10k_car_train: '" in out
     assert re.search(r"\| acdc_det_fog_val\s+\| yes\s+\| 1", out)
     assert module.main(["--task", "seg"]) == 0
     out = capsys.readouterr().out
-    assert "Detection:" not in out and re.search(r"\| gta5_train\s+\| no", out)
+    assert "Detection:" not in out and "  gta5_train: '" in out
     assert module.main(["--names", "no_such_dataset"]) == 1
-    assert "no_such_dataset: KeyError: 'no_such_dataset' is not a registered dataset" in capsys.readouterr().out
+    assert "no_such_dataset: 'no_such_dataset' is not a registered dataset" in capsys.readouterr().out
+
+
+def test_check_datasets_on_an_empty_root_is_one_line_per_dataset(data_root, capsys):
+    module = _check_datasets_tool()
+    assert module.main([]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    names = [line.split(":")[0].strip() for line in lines if line.startswith("  ")]
+    assert len(lines) == len(names) + 3 and "gta5_train" in names and "acdc_det_fog_val" in names

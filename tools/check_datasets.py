@@ -10,7 +10,11 @@ Segmentation datasets list their image and label files; --verify-labels N also d
 their values (class ids + 255). Detection datasets run their loader, which needs the images folder and the
 annotations (COCO / BDD100K JSON, instance-id PNGs, VOC XML; the loader names the missing path) and reads every
 label (minutes for Synscapes / UrbanSyn); --verify-labels N then opens the first N images and checks their size
-and boxes against the records. Exit status 1 if a dataset named with --names is missing or broken.
+and boxes against the records.
+
+A dataset whose folder is absent is "not downloaded" (one line each); one whose folder is there but fails to load or
+verify is "present but broken" (the error in full). Exit status 1 if a dataset named with --names / --dataset-file is
+not downloaded or broken (without them every registered dataset is reported, and the status is 0).
 """
 import vlt  # noqa: F401, I001  (first: its warnings filter must precede Detectron2's import of fvcore)
 import argparse
@@ -56,13 +60,17 @@ def verify_det_record(record: dict, num_classes: int) -> None:
 
 
 def check(name: str, verify_labels: int = 0) -> dict:
-    """One row of the report for dataset ``name`` (its "labels" are label files, or boxes for detection)."""
+    """One row of the report for dataset ``name`` (its "labels" are label files, or boxes for detection); "state" is
+    "ok", "missing" (its folder under DETECTRON2_DATASETS is absent) or "broken" (present, but fails: "status")."""
     task = task_of(name)
     folder = MetadataCatalog.get(name).get("dataset_folder", None)
     root = "?" if folder is None else ("yes" if os.path.isdir(os.path.join(datasets_root(), folder)) else "no")
-    row = {"dataset": name, "root": root, "images": "-", "labels": "-", "status": "OK", "task": task}
+    row = {"dataset": name, "root": root, "images": "-", "labels": "-", "status": "OK", "task": task, "state": "ok"}
     if name not in DatasetCatalog.list():
-        row["status"] = f"KeyError: '{name}' is not a registered dataset"
+        row.update(status=f"'{name}' is not a registered dataset", state="broken")
+        return row
+    if root == "no":
+        row.update(status=f"'{os.path.join(datasets_root(), folder)}' not found", state="missing")
         return row
     try:
         dicts = DatasetCatalog.get(name)
@@ -78,8 +86,30 @@ def check(name: str, verify_labels: int = 0) -> dict:
             for d in labelled[:verify_labels]:
                 read_sem_seg(d["sem_seg_file_name"], len(metadata.stuff_classes), metadata.ignore_label)
     except (FileNotFoundError, ValueError, OSError) as e:
-        row["status"] = f"{type(e).__name__}: {e}"
+        row.update(status=f"{type(e).__name__}: {e}", state="broken")
     return row
+
+
+def report(rows) -> None:
+    """Print a table per task of the datasets that are present, then one line per dataset not downloaded, then the
+    errors of the broken ones."""
+    for task in TASKS:
+        task_rows = [r for r in rows if r["task"] == task and r["state"] != "missing"]
+        if task_rows:
+            title, header = HEADERS[task]
+            table = [[r["dataset"], r["root"], r["images"], r["labels"], "OK" if r["state"] == "ok" else "BROKEN"]
+                     for r in task_rows]
+            print(f"\n{title}:\n" + tabulate(table, headers=header, tablefmt="github"))
+    missing = [r for r in rows if r["state"] == "missing"]
+    if missing:
+        print(f"\nNot downloaded ({len(missing)}; see datasets/README.md):")
+        for r in missing:
+            print(f"  {r['dataset']}: {r['status']}")
+    broken = [r for r in rows if r["state"] == "broken"]
+    if broken:
+        print(f"\nPresent but broken ({len(broken)}):")
+        for r in broken:
+            print(f"\n{r['dataset']}: {r['status']}")
 
 
 def main(argv=None) -> int:
@@ -97,17 +127,8 @@ def main(argv=None) -> int:
     names = args.names or custom or [n for task in TASKS if args.task in (task, "all") for n in defaults[task]]
     print(f"DETECTRON2_DATASETS root: {os.path.abspath(datasets_root())}")
     rows = [check(name, args.verify_labels) for name in names]
-    for task in TASKS:
-        task_rows = [r for r in rows if r["task"] == task]
-        if task_rows:
-            title, header = HEADERS[task]
-            table = [[r["dataset"], r["root"], r["images"], r["labels"], "OK" if r["status"] == "OK" else "ERROR"]
-                     for r in task_rows]
-            print(f"\n{title}:\n" + tabulate(table, headers=header, tablefmt="github"))
-    for r in rows:
-        if r["status"] != "OK":
-            print(f"\n{r['dataset']}: {r['status']}")
-    return 1 if (args.names or custom) and any(r["status"] != "OK" for r in rows) else 0
+    report(rows)
+    return 1 if (args.names or custom) and any(r["state"] != "ok" for r in rows) else 0
 
 
 if __name__ == "__main__":

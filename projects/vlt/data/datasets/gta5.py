@@ -20,17 +20,17 @@ SECTION = "GTA5"
 TEST_RESOLUTIONS = {"rein": "native", "robustnet": "native", "native": "native"}
 
 
-def load_gta5(root: str = "", split_list: str = ""):
+def load_gta5(root: str = "", split_list: str = "", dataset_name: str = "gta5_train"):
     """Dataset dicts of the GTA5 images under ``root`` (default $DETECTRON2_DATASETS/gta5): all of them, or those
-    named in ``root/<split_list>``."""
+    named in ``root/<split_list>``; errors name ``dataset_name``."""
     root = root or os.path.join(datasets_root(), "gta5")
     dicts = list_image_label_pairs(
-        root, "gta5_train", SECTION, os.path.join(root, "images"), ".png", os.path.join(root, "labels"),
+        root, dataset_name, SECTION, os.path.join(root, "images"), ".png", os.path.join(root, "labels"),
         "_labelTrainIds.png", prepare_hint="run: python datasets/prepare_gta5.py",
     )
     if not split_list:
         return dicts
-    return select_split_list(dicts, os.path.join(root, split_list), "GTA5", SECTION,
+    return select_split_list(dicts, os.path.join(root, split_list), dataset_name, SECTION,
                              os.path.join(root, "images"), f"RobustNet's / FAMix's datasets/gta5_list/{split_list}")
 
 
@@ -38,5 +38,6 @@ def register_gta5():
     """Register gta5_train (all images) and gta5_robustnet_{train,val} (RobustNet split lists)."""
     register_sem_seg("gta5_train", load_gta5, TEST_RESOLUTIONS, dataset_folder="gta5")
     for split in ("train", "val"):
-        register_sem_seg(f"gta5_robustnet_{split}", lambda split=split: load_gta5(split_list=f"gtav_split_{split}.txt"),
+        name = f"gta5_robustnet_{split}"
+        register_sem_seg(name, lambda split=split, name=name: load_gta5("", f"gtav_split_{split}.txt", name),
                          TEST_RESOLUTIONS, dataset_folder="gta5")
