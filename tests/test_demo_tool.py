@@ -43,7 +43,12 @@ def test_images_are_labelled_with_the_given_weights_and_a_bad_file_is_skipped(we
         "--opts", *TINY, "MODEL.WEIGHTS", path,
     ])
     assert code == 0
-    assert sorted(os.listdir(output)) == ["a_labels.png", "a_overlay.png", "b_labels.png", "b_overlay.png"]
+    assert sorted(os.listdir(output)) == ["a_labels.png", "a_overlay.png", "b_labels.png", "b_overlay.png",
+                                          "config.yaml", "log.txt"]
+    log = (output / "log.txt").read_text()
+    assert f"Weights: {path}" in log and f"from '{path}' (0 missing, 0 unexpected in the file, 0 of another" in log
+    assert "initialized randomly" not in log  # open_clip's warning, misleading when MODEL.WEIGHTS loads next
+    assert load_config(str(output / "config.yaml")).MODEL.WEIGHTS == path
     for name, image_bgr in images.items():
         labels = cv2.imread(str(output / f"{name}_labels.png"), cv2.IMREAD_UNCHANGED)
         overlay = cv2.imread(str(output / f"{name}_overlay.png"))
@@ -52,6 +57,13 @@ def test_images_are_labelled_with_the_given_weights_and_a_bad_file_is_skipped(we
         with torch.no_grad():
             expected = model([{"image": rgb, "height": 48, "width": 80}])[0]["sem_seg"].argmax(0).numpy()
         np.testing.assert_array_equal(labels, expected)  # the checkpoint's weights, not a fresh random init
+
+
+def test_help_shows_each_example_command_on_its_own_lines(load_script, capsys):
+    with pytest.raises(SystemExit):
+        load_script("tools/demo.py").parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "--output out/ \\\n        --opts MODEL.WEIGHTS model_final.pth TEST.MODE slide\n" in text
 
 
 def test_video_gets_an_overlay_video_frame_by_frame(weights, tmp_path, load_script):

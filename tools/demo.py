@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run a VLT model on your own images or a video: segmentation (VLTSeg, Rein, FAMix) or detection (VLTDet) configs.
+r"""Run a VLT model on your own images or a video: segmentation (VLTSeg, Rein, FAMix) or detection (VLTDet) configs.
 
     python tools/demo.py --config-file configs/vltseg_cityscapes.yaml --input 'photos/*.jpg' --output out/ \
         --opts MODEL.WEIGHTS model_final.pth TEST.MODE slide
@@ -11,6 +11,7 @@
 Images: ``<output>/<name>_overlay.png`` (prediction drawn over the image) and the raw prediction,
 ``<name>_labels.png`` (segmentation: train ids, uint8) or ``<name>_detections.json`` (detection: boxes in pixels,
 scores, classes). Video: ``<output>/<name>_overlay.mp4``. An unreadable file is reported and skipped; the run goes on.
+The run's log (weights loaded, their key report) goes to ``<output>/log.txt``, its config to ``<output>/config.yaml``.
 """
 import vlt  # noqa: F401, I001  (first: its warnings filter must precede Detectron2's import of fvcore)
 import argparse
@@ -30,7 +31,6 @@ from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
-from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from vlt.data import is_detection_config
@@ -38,7 +38,8 @@ from vlt.data.semantic_mapper import evaluation_resize_shape, resolve_test_resol
 from vlt.data.transforms import CV2ResizeTransform
 from vlt.engine.checkpoint import build_model_for_evaluation
 from vlt.utils.config import load_config
-from vlt.utils.errors import run_tool
+from vlt.utils.atomic_io import atomic_write
+from vlt.utils.errors import run_tool, setup_tool_logging
 
 logger = logging.getLogger("vlt.demo")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -199,9 +200,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logger(name="vlt")
-    cfg = load_config(args.config_file, args.opts)
     os.makedirs(args.output, exist_ok=True)
+    setup_tool_logging(args.output)
+    cfg = load_config(args.config_file, args.opts)
+    with atomic_write(os.path.join(args.output, "config.yaml")) as f:
+        f.write(cfg.dump())
+    logger.info("Weights: %s", cfg.MODEL.WEIGHTS or "none (MODEL.WEIGHTS is empty: predictions of untrained weights)")
     if is_detection_config(cfg):
         demo = DetectionDemo(cfg, args.min_score)
     else:

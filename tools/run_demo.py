@@ -22,13 +22,12 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
 from vlt.data import build_sem_seg_test_loader
 from vlt.engine.demo import train_and_evaluate_demo
-from vlt.utils.errors import run_tool
+from vlt.utils.errors import run_tool, setup_tool_logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
@@ -89,8 +88,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    setup_logger(name="detectron2")
-    setup_logger(name="vlt")
+    setup_tool_logging(args.output)  # console + <output>/log.txt
 
     start = time.perf_counter()
     config_file = args.config_file or VARIANTS[args.variant]

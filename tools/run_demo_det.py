@@ -21,14 +21,13 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from vlt.data import build_det_test_mapper
 from vlt.engine.demo import train_and_evaluate_demo
 from vlt.evaluation import det_multi_target_table
-from vlt.utils.errors import run_tool
+from vlt.utils.errors import run_tool, setup_tool_logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,8 +63,7 @@ def main(argv=None) -> dict:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
 
-    setup_logger(name="detectron2")
-    setup_logger(name="vlt")
+    setup_tool_logging(args.output)  # console + <output>/log.txt
     # Trainer.test logs and saves the detection table (det_multi_target.{json,csv}).
     cfg, trainer, results, clock = train_and_evaluate_demo(
         args.config_file, ["OUTPUT_DIR", args.output, *args.opts], min(torch.get_num_threads(), 2), args.data_root

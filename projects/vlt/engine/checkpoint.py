@@ -126,6 +126,12 @@ class VLTCheckpointer(DetectionCheckpointer):
                 "go in MODEL.OPEN_CLIP.PRETRAINED, not MODEL.WEIGHTS."
             )
         incompatible = super()._load_model(checkpoint)
+        loaded = len(set(model_keys) - set(incompatible.missing_keys) - {k for k, *_ in incompatible.incorrect_shapes})
+        logger.info(
+            f"Loaded {loaded} of the model's {len(model_keys)} tensors from '{self._path}' "
+            f"({len(incompatible.missing_keys)} missing, {len(incompatible.unexpected_keys)} unexpected in the file, "
+            f"{len(incompatible.incorrect_shapes)} of another shape)"
+        )
         if self.strict_eval:
             self._check_complete_for_evaluation(set(incompatible.missing_keys), incompatible.incorrect_shapes)
         return incompatible

@@ -9,6 +9,7 @@ from detectron2.utils.env import seed_all_rng
 
 from ..data.datasets import datasets_root
 from ..data.demo_generator import ensure_demo_dataset
+from ..utils.atomic_io import atomic_write
 from ..utils.config import load_config
 from .hooks import TrainingClock
 from .trainer import Trainer
@@ -42,6 +43,8 @@ def train_and_evaluate_demo(
     cfg = load_config(config_file, opts)
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    with atomic_write(os.path.join(cfg.OUTPUT_DIR, "config.yaml")) as f:  # as train_net.py's default_setup does
+        f.write(cfg.dump())
     trainer = Trainer(cfg)
     clock = TrainingClock()
     trainer.register_hooks([clock])

@@ -36,6 +36,7 @@ __all__ = [
     "debug_enabled",
     "log_traceback_to_files",
     "quiet_console_tracebacks",
+    "setup_tool_logging",
     "LogErrors",
     "run_tool",
 ]
@@ -184,6 +185,16 @@ def quiet_console_tracebacks(logger_names: Iterable[str] = ("detectron2", "fvcor
             stream = getattr(handler, "stream", None)
             if stream in (sys.stdout, sys.stderr) and not any(isinstance(f, _QuietUserErrors) for f in handler.filters):
                 handler.addFilter(_QuietUserErrors())
+
+
+def setup_tool_logging(output_dir: str = "", names: Iterable[str] = ("detectron2", "fvcore", "vlt")) -> None:
+    """Detectron2's console + ``<output_dir>/log.txt`` logging for the named loggers (a tool outside train_net.py's
+    default_setup), with user-error tracebacks kept off the console (:func:`quiet_console_tracebacks`)."""
+    from detectron2.utils.logger import setup_logger
+
+    for name in names:
+        setup_logger(output_dir or None, name=name, abbrev_name={"detectron2": "d2"}.get(name, name))
+    quiet_console_tracebacks(names)
 
 
 class LogErrors:

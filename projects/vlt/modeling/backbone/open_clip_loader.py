@@ -5,6 +5,7 @@ weights are loaded here, so that a load can report exactly which keys matched. V
 are registered through open_clip's own config mechanism (``model_configs/*.json``) and, for EVA02, through
 timm's model registry.
 """
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -168,6 +169,23 @@ def load_state_dict_with_report(model: torch.nn.Module, state: Dict[str, torch.T
     return report
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_random_init_warning():
+    """open_clip.create_model(pretrained=None) warns "Model initialized randomly" on the root logger: misleading here,
+    where VLT loads the weights itself."""
+    root, quiet = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
 def build_open_clip_model(
     model_name: str, pretrained: str = "", cache_dir: str = "", keep_text_tower: bool = False
 ) -> torch.nn.Module:
@@ -178,12 +196,16 @@ def build_open_clip_model(
     records its weights' source in ``loaded_pretrained_weights`` (read by vlt.engine.checkpoint).
     """
     check_model_name(model_name)
-    model = open_clip.create_model(model_name, pretrained=None, load_weights=False)
+    with _without_random_init_warning():  # VLT loads the weights itself (below, or MODEL.WEIGHTS later)
+        model = open_clip.create_model(model_name, pretrained=None, load_weights=False)
     target = model if keep_text_tower else model.visual
     if pretrained:
         source = resolve_pretrained(model_name, pretrained, cache_dir)
         load_tower_weights(target, source, not keep_text_tower)
         target.loaded_pretrained_weights = str(source)
+    else:
+        logger.info("%s tower created with random weights (MODEL.OPEN_CLIP.PRETRAINED is empty; MODEL.WEIGHTS, if "
+                    "given, is loaded over the whole model next)", model_name)
     if keep_text_tower:
         return model
     del model
