@@ -231,7 +231,7 @@ class Trainer(DefaultTrainer):
             from ..evaluation import build_det_evaluator
 
             return build_det_evaluator(cfg, dataset_name, output_folder)
-        from ..evaluation import SemSegMIoUEvaluator, SemSegSubmissionWriter
+        from ..evaluation import SemSegMIoUEvaluator, SemSegOverlayWriter, SemSegSubmissionWriter
 
         evaluators = []
         if metadata.get("has_labels", True):
@@ -244,6 +244,9 @@ class Trainer(DefaultTrainer):
             raise ValueError(
                 f"{dataset_name} has no labels: set TEST.EXPORT.ENABLED True to write a test-server submission"
             )
+        if cfg.TEST.SHOW_IMAGES > 0:
+            evaluators.append(SemSegOverlayWriter(dataset_name, os.path.join(cfg.OUTPUT_DIR, "show", dataset_name),
+                                                  cfg.TEST.SHOW_IMAGES, cfg.INPUT.FORMAT))
         return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
     @classmethod

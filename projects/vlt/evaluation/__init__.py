@@ -10,6 +10,7 @@ from .export import (
     train_ids_to_label_ids,
 )
 from .multi_target import multi_target_table, write_multi_target_table
+from .overlays import SemSegOverlayWriter
 from .sem_seg_evaluation import (
     SemSegMIoUEvaluator,
     confusion_histogram,
@@ -21,6 +22,7 @@ from .sem_seg_evaluation import (
 __all__ = [
     "SemSegMIoUEvaluator",
     "SemSegSubmissionWriter",
+    "SemSegOverlayWriter",
     "write_multi_target_table",
     "multi_target_table",
     "confusion_histogram",
