@@ -190,12 +190,14 @@ def build_timm_model(
         kwargs["img_size"] = img_size
     if patch_size:
         kwargs["patch_size"] = patch_size
-    model = timm.create_model(model_name, pretrained=False, **kwargs)
-    if pretrained:
+    state, source = None, ""
+    if pretrained:  # read first: a wrong tag, a missing file or an offline cache fails before a large model is built
         if _is_file(pretrained):
             state, source = read_checkpoint(pretrained), pretrained
         else:
             state, source = _fetch_pretrained(model_name, pretrained, cache_dir), f"timm:{model_name}.{pretrained}"
+    model = timm.create_model(model_name, pretrained=False, **kwargs)
+    if state is not None:
         load_state_dict_with_report(model, _to_timm_layout(state, model), source)
         model.loaded_pretrained_weights = source
     return model

@@ -94,7 +94,7 @@ class VisionTower(nn.Module):
                 f"VisionTransformer (ViT-*), timm Eva trunks (EVA02-*), timm VisionTransformer (DINOv2, DeiT III, ...) "
                 f"and timm VisionTransformerSAM; ResNets use CLIPResNetBackbone."
             )
-        self.visual = visual  # the only registered child: state-dict keys are open_clip's, under `visual.`
+        self.visual = visual  # the only registered child: state-dict keys are open_clip's / timm's, under `visual.`
         self.depth = len(self.blocks)
         native = self.patch_embed_conv.kernel_size[0]
         self.native_patch_size = native
