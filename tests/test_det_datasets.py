@@ -234,3 +234,23 @@ def test_label_cache_is_read_on_the_second_load_and_invalidated_by_changed_files
     load_label_files(items, read_annotations=_counting_reader, workers=1, with_masks=False)
     load_label_files(items, read_annotations=_counting_reader, workers=1, cache=False)
     assert len(_READS) == 6 + 2 + 3 + 3
+
+
+def test_label_cache_unreadable_or_unwritable_is_not_fatal(tmp_path, monkeypatch, caplog):
+    from vlt.data.datasets.det_common import load_label_files
+
+    label = tmp_path / "0.txt"
+    label.write_text("3")
+    items = [(str(tmp_path / "0.png"), (str(label),))]
+    monkeypatch.setenv("VLT_CACHE_DIR", str(tmp_path / "cache"))
+    expected = load_label_files(items, read_annotations=_counting_reader, workers=1)
+    (cache_file,) = (tmp_path / "cache" / "det_labels").iterdir()
+    cache_file.write_bytes(b"\x80\x05truncated")  # a damaged cache: read the labels again, and rewrite it
+    assert load_label_files(items, read_annotations=_counting_reader, workers=1) == expected
+    assert "unreadable" in caplog.text
+    assert load_label_files(items, read_annotations=_counting_reader, workers=1) == expected
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("VLT_CACHE_DIR", str(blocker))  # the cache cannot be written: a warning, labels still read
+    assert load_label_files(items, read_annotations=_counting_reader, workers=1) == expected
+    assert "not cached" in caplog.text

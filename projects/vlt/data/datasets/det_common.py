@@ -22,6 +22,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from PIL import Image
 
+from ...utils.atomic_io import atomic_write
+from ...utils.errors import OutputError
 from ..instance_boxes import (
     CAR_CLASSES,
     CITYSCAPES_LABEL_ID_TO_THING,
@@ -150,10 +152,13 @@ def load_label_files(
     args = [(image, tuple(files), read_annotations, with_masks) for image, files in items]
     cache_file = _cache_path(args, image_suffix) if cache else None
     if cache_file and os.path.isfile(cache_file):
-        with open(cache_file, "rb") as f:
-            dicts = pickle.load(f)
-        logger.info(f"{len(dicts)} images' labels read from the cache {cache_file}")
-        return dicts
+        try:
+            with open(cache_file, "rb") as f:
+                dicts = pickle.load(f)
+            logger.info(f"{len(dicts)} images' labels read from the cache {cache_file}")
+            return dicts
+        except (OSError, EOFError, pickle.UnpicklingError) as e:
+            logger.warning(f"Label cache {cache_file} unreadable ({e}): reading the label files again")
     if workers == 0:
         workers = min(8, os.cpu_count() or 1) if len(args) > 64 else 1
     start = time.perf_counter()
@@ -169,14 +174,14 @@ def load_label_files(
         d["image_id"] = name[: -len(image_suffix)] if image_suffix and name.endswith(image_suffix) else (
             os.path.splitext(name)[0]
         )
+    seconds = time.perf_counter() - start
     if cache_file:
-        os.makedirs(os.path.dirname(cache_file), exist_ok=True)
-        partial = f"{cache_file}.{os.getpid()}.tmp"
-        with open(partial, "wb") as f:
-            pickle.dump(dicts, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(partial, cache_file)  # atomic: a concurrent reader sees the whole file or none
-        logger.info(f"Read the labels of {len(dicts)} images in {time.perf_counter() - start:.1f} s; cached to "
-                    f"{cache_file}")
+        try:  # atomic: a concurrent reader sees the whole file or none
+            with atomic_write(cache_file, "wb") as f:
+                pickle.dump(dicts, f, protocol=pickle.HIGHEST_PROTOCOL)
+            logger.info(f"Read the labels of {len(dicts)} images in {seconds:.1f} s; cached to {cache_file}")
+        except OutputError as e:  # the labels are read; only the next start is slower (set VLT_CACHE_DIR)
+            logger.warning(f"Read the labels of {len(dicts)} images in {seconds:.1f} s; not cached: {e}")
     return dicts
 
 
