@@ -164,13 +164,20 @@ def test_segmentor_trains_with_mixing_and_infers_at_the_original_size(tmp_path):
     assert torch.allclose(out[0]["sem_seg"].sum(0), torch.ones(30, 35), atol=1e-5)
 
 
-def test_vit_backbone_gets_the_mixer_as_a_block_hook(tmp_path):
-    """Ours: FAMix on the lead's open_clip ViT backbone, TAP "block<i>"; the mixer runs once per training forward."""
+@pytest.mark.parametrize("source, tower", [
+    ("open_clip", "VLT-ViT-Tiny-16"),
+    ("timm", "vlt_tiny_dinov2_reg4_patch14"),  # 5 prefix tokens (class + 4 registers), converted to patch 16
+    ("timm", "vlt_tiny_samvit_patch16"),  # no prefix token
+])
+def test_vit_backbone_gets_the_mixer_as_a_block_hook(tmp_path, source, tower):
+    """Ours: FAMix on the ViT backbone (open_clip or timm tower), TAP "block<i>"; the mixer runs once per training
+    forward, on the patch tokens only."""
     bank = StyleBank()
     bank.add(torch.tensor([0, 255]), torch.rand(2, 2, 64) + 0.5)
     bank.save(str(tmp_path / "bank.pth"))
     cfg = tiny_cfg("configs/famix_gta_rn50.yaml", [
-        "MODEL.BACKBONE.NAME", "build_open_clip_vit_backbone", "MODEL.OPEN_CLIP.MODEL_NAME", "VLT-ViT-Tiny-16",
+        "MODEL.BACKBONE.NAME", "build_open_clip_vit_backbone", "MODEL.OPEN_CLIP.SOURCE", source,
+        "MODEL.OPEN_CLIP.MODEL_NAME", tower, "MODEL.OPEN_CLIP.PATCH_SIZE", "16",
         "MODEL.FAMIX.TAP", "block1", "MODEL.FAMIX.STYLE_BANK", str(tmp_path / "bank.pth"),
         "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3"])
     model = build_model(cfg).train()
