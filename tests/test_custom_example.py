@@ -63,7 +63,9 @@ def example_run(tmp_path_factory):
     for link, target in (("tools", "tools"), ("configs", "configs"),
                          ("datasets/prepare_custom.py", "datasets/prepare_custom.py")):
         os.symlink(REPO / target, work / link)
-    os.symlink(sys.executable, work / "bin" / "python")
+    python = work / "bin" / "python"  # `python` in the commands = this interpreter (a link would leave its venv)
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
     env = dict(os.environ, PATH=f"{work / 'bin'}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONHASHSEED="0")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "projects"), env.get("PYTHONPATH", "")]))
