@@ -158,3 +158,26 @@ def test_truncated_and_missing_checkpoints_name_the_file(tmp_path):
         VLTCheckpointer(model).load(str(tmp_path / "cut.pth"))
     with pytest.raises(FileNotFoundError, match=r"Checkpoint '.*absent\.pth' does not exist"):
         VLTCheckpointer(model).load(str(tmp_path / "absent.pth"))
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_and_tag_whole(tmp_path, monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    checkpointer = VLTCheckpointer(model, str(tmp_path))
+    checkpointer.save("model_0000009")
+    saved = torch.load(tmp_path / "model_0000009.pth", weights_only=True)["model"]
+
+    def save_half_then_fail(obj, f):  # a kill or a full disk while writing
+        f.write(b"half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    with pytest.raises(OSError, match="No space"):
+        checkpointer.save("model_0000019")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000009.pth"]  # no partial file
+    assert checkpointer.get_checkpoint_file() == str(tmp_path / "model_0000009.pth")
+    monkeypatch.undo()
+    resumed = torch.nn.Linear(3, 2)
+    VLTCheckpointer(resumed, str(tmp_path)).resume_or_load("", resume=True)
+    assert torch.equal(resumed.weight, saved["weight"])

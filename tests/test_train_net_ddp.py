@@ -130,19 +130,37 @@ def run(command, data_root, timeout=600):
     return done.stdout
 
 
+def flatten(value, path=""):
+    """Nested dicts / lists as one flat {path: leaf} dict (pytest.approx compares flat mappings)."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flatten(item, f"{path}/{key}").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in flatten(item, f"{path}[{i}]").items()}
+    return {path: float("nan") if value is None else value}
+
+
 # ---------------------------------------------------------------------------------------------- every recipe
 def test_every_recipe_family_trains_and_evaluates_in_two_processes(data_root, style_bank, tmp_path):
     runs = [recipe_args(name, tmp_path / name, style_bank) for name in RECIPES]
     (tmp_path / "runs.json").write_text(json.dumps(runs))
     log = run(two_processes([str(tmp_path / "runs.json")], train_net=LAUNCHER), data_root)
+    # The saved weights evaluated again by one process (--eval-only): the tables must agree.
+    evals = [["--eval-only", *recipe_args(name, tmp_path / name / "one_process", style_bank,
+                                           "MODEL.WEIGHTS", tmp_path / name / "model_final.pth")] for name in RECIPES]
+    (tmp_path / "evals.json").write_text(json.dumps(evals))
+    run([sys.executable, LAUNCHER, "--num-gpus", "1", str(tmp_path / "evals.json")], data_root)
     for name in RECIPES:
         out = tmp_path / name
         assert last_checkpoint(out) == "model_final.pth", name
         assert load(out / "model_final.pth")["iteration"] == 2, name
         losses = [r for r in metrics(out) if "total_loss" in r]
         assert losses and all(np.isfinite(r["total_loss"]) for r in losses), name
+        table_name = "det_multi_target.json" if name == "vltdet" else "multi_target.json"
+        table = json.loads((out / table_name).read_text())
+        # Both ranks evaluate rank 0's buffers (BatchNorm statistics), so the table is the saved model's.
+        one_process = json.loads((out / "one_process" / table_name).read_text())
+        assert flatten(table["rows"]) == pytest.approx(flatten(one_process["rows"]), nan_ok=True), name
         if name == "vltdet":
-            table = json.loads((out / "det_multi_target.json").read_text())
             rows = {r["name"]: r for r in table["rows"]}
             assert set(rows) == set(DET_TEST_IMAGES), (name, rows)
             for dataset, count in DET_TEST_IMAGES.items():
@@ -153,7 +171,6 @@ def test_every_recipe_family_trains_and_evaluates_in_two_processes(data_root, st
                 predictions = torch.load(out / "inference" / dataset / "instances_predictions.pth", weights_only=False)
                 assert len(predictions) == count, (name, dataset, len(predictions))
         else:
-            table = json.loads((out / "multi_target.json").read_text())
             assert [r["name"] for r in table["rows"]] == list(SEG_TEST_IMAGES), name
             for row in table["rows"]:
                 assert 0.0 <= row["mIoU"] <= 100.0 and len(row["IoU"]) == 19, (name, row)

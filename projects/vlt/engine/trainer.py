@@ -108,7 +108,7 @@ def restore_random_states(states: Dict) -> None:
 class RandomStatesAtCheckpoints(HookBase):
     """Every process's random streams in the checkpoint, restored on resume.
 
-    At each iteration the checkpointer saves at (every SOLVER.CHECKPOINT_PERIOD, and the last), this hook, which runs
+    At every iteration the checkpointer saves (each SOLVER.CHECKPOINT_PERIOD-th and the last), this hook, which runs
     on every process just before the checkpointer, gathers each rank's streams to rank 0 (Detectron2's checkpointer
     saves there only); its ``state_dict`` puts them in the checkpoint (``trainer.hooks``) as a list indexed by rank.
     One file per checkpoint then holds the whole resume state: nothing per rank to keep in step with it, and a kill
@@ -251,7 +251,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None) -> Dict:
-        """Evaluate every test set, then print and save one table (a row per dataset) in OUTPUT_DIR."""
+        """Evaluate every test set, then print and save one table (a row per dataset) in OUTPUT_DIR.
+
+        During multi-process training every rank first takes rank 0's buffers (BatchNorm running statistics, which
+        MODEL.DDP.BROADCAST_BUFFERS False leaves per rank): all ranks evaluate the model the checkpoint holds."""
+        if isinstance(model, DistributedDataParallel):
+            for buffer in model.module.buffers():
+                torch.distributed.broadcast(buffer, src=0)
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and results:
             from ..evaluation import write_det_multi_target_table, write_multi_target_table
