@@ -19,6 +19,7 @@ def add_vlt_config(cfg):
     _add_rein_config(cfg)
     _add_famix_config(cfg)
     _add_det_config(cfg)
+    _add_compile_config(cfg)
     cfg._VLT_CONFIG_ADDED = True
     return cfg
 
@@ -189,6 +190,9 @@ def _add_test_config(cfg):
     # Rein (release): 512/341 (GTA), 1024/683 (Cityscapes -> ACDC); public VLTSeg reimpl.: 512/426, 1024/768.
     cfg.TEST.SLIDE.CROP_SIZE = (512, 512)
     cfg.TEST.SLIDE.STRIDE = (341, 341)
+    # Windows of one image run through the model together (one batch); 1 = mmseg's one window at a time. Same
+    # scores either way; more windows per batch trade memory for speed (tools/benchmark.py --compare measures it).
+    cfg.TEST.SLIDE.WINDOWS_PER_BATCH = 1
     # Test-time augmentation: also predict the horizontally flipped image, and at these scales of the test
     # resolution; softmax probabilities are averaged (mmseg aug_test). [1.0] + no flip = plain inference.
     cfg.TEST.FLIP = False
@@ -397,3 +401,15 @@ def _add_det_config(cfg):
     # COCO evaluation (evaluation/det_evaluation.py): COCO's official pure-Python COCOeval (False) or Detectron2's
     # compiled fast implementation (True; needs detectron2's C++ extension, absent in a pure-Python install).
     cfg.MODEL.VLTDET.EVAL_FAST_IMPL = False
+
+
+def _add_compile_config(cfg):
+    """torch.compile of the built model (engine/compile.py); README "Speed switches" says when it pays."""
+    cfg.MODEL.COMPILE = CN()
+    # Parts compiled in place (state-dict keys unchanged): "tower" (each ViT / EVA02 block, each CLIP ResNet stage;
+    # adapter hooks stay eager), "head" (sem_seg_head), or "model" (the whole model) alone. [] = eager.
+    cfg.MODEL.COMPILE.PARTS = []
+    # torch.compile mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune", "max-autotune-no-cudagraphs".
+    cfg.MODEL.COMPILE.MODE = "default"
+    # torch.compile backend: "inductor" (generated kernels), or "aot_eager" / "eager" (tracing only, for debugging).
+    cfg.MODEL.COMPILE.BACKEND = "inductor"

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.datasets.det_common import is_detection_dataset
 from ..solver import build_lr_scheduler, build_optimizer, trainable_parameter_report
 from .checkpoint import VLTCheckpointer
+from .compile import maybe_compile
 from .sampler import resumable_sampler
 
 logger = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ class Trainer(DefaultTrainer):
     def build_model(cls, cfg):
         model = super().build_model(cfg)
         logger.info(trainable_parameter_report(model))
-        return model
+        return maybe_compile(model, cfg)  # before DDP; state-dict keys unchanged
 
     @classmethod
     def build_optimizer(cls, cfg, model):

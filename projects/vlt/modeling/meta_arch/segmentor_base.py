@@ -39,6 +39,7 @@ class SemanticSegmentorBase(nn.Module):
         test_mode: str = "whole",
         slide_crop_size: Tuple[int, int] = (512, 512),
         slide_stride: Tuple[int, int] = (341, 341),
+        slide_windows_per_batch: int = 1,
         test_flip: bool = False,
         test_scales: Sequence[float] = (1.0,),
     ):
@@ -48,6 +49,7 @@ class SemanticSegmentorBase(nn.Module):
         self.size_divisibility, self.ignore_value = size_divisibility, ignore_value
         self.test_mode = test_mode
         self.slide_crop_size, self.slide_stride = tuple(slide_crop_size), tuple(slide_stride)
+        self.slide_windows_per_batch = slide_windows_per_batch
         self.test_flip, self.test_scales = test_flip, tuple(test_scales)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
@@ -67,6 +69,7 @@ class SemanticSegmentorBase(nn.Module):
             "test_mode": cfg.TEST.MODE,
             "slide_crop_size": cfg.TEST.SLIDE.CROP_SIZE,
             "slide_stride": cfg.TEST.SLIDE.STRIDE,
+            "slide_windows_per_batch": cfg.TEST.SLIDE.WINDOWS_PER_BATCH,
             "test_flip": cfg.TEST.FLIP,
             "test_scales": cfg.TEST.SCALES,
         }
@@ -124,7 +127,8 @@ class SemanticSegmentorBase(nn.Module):
             scores = tta_inference(
                 self.semantic_logits, image.unsqueeze(0), self.sem_seg_head.num_classes, mode=self.test_mode,
                 scales=self.test_scales, flip=self.test_flip, crop_size=self.slide_crop_size,
-                stride=self.slide_stride, softmax=not self.SCORES_ARE_PROBABILITIES,
+                stride=self.slide_stride, windows_per_batch=self.slide_windows_per_batch,
+                softmax=not self.SCORES_ARE_PROBABILITIES,
             )[0]
             height, width = x.get("height", image.shape[-2]), x.get("width", image.shape[-1])
             results.append({"sem_seg": sem_seg_postprocess(scores, image.shape[-2:], height, width)})

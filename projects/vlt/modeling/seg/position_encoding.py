@@ -52,8 +52,9 @@ class PositionEmbeddingSine(nn.Module):
     def forward(self, x):
         """x: [B, C, H, W] (only its size, device and dtype are used) -> [B, 2 * num_pos_feats, H, W]."""
         batch, _, height, width = x.shape
-        table = _sine_table(
-            height, width, self.num_pos_feats, float(self.temperature), float(self.scale), x.device, x.dtype,
-            torch.is_inference_mode_enabled(),
-        )
+        args = (height, width, self.num_pos_feats, float(self.temperature), float(self.scale), x.device, x.dtype)
+        if torch.compiler.is_compiling():  # torch.compile (engine/compile.py): computed in the graph, no Python cache
+            table = _sine_table.__wrapped__(*args, False)
+        else:
+            table = _sine_table(*args, torch.is_inference_mode_enabled())
         return table.unsqueeze(0).expand(batch, -1, -1, -1)
