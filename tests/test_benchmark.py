@@ -97,9 +97,12 @@ def test_loader_benchmark_reports_every_rate(load_script, capsys, tmp_path):
 @pytest.mark.slow
 def test_device_check_runs_its_comparison_on_the_cpu(tmp_path):
     """tools/device_check.sh with the CPU settings its header documents: both configs' --compare tables."""
+    small_head = ["MODEL.MASK_FORMER.DEC_LAYERS", "2", "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
+                  "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "8", "MODEL.REIN.NUM_TOKENS", "8",
+                  "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256"]
     env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, STAGES="compare", DEVICE="cpu", SIZE="64",
                ROUNDS="1", ITERS="1", OPTS=" ".join([*TINY_VIT[:2], "MODEL.OPEN_CLIP.OUT_INDICES", "[0,1,2,3]",
-                                                     *TRACE_ONLY]))
+                                                     *small_head, *TRACE_ONLY]))
     subprocess.run(["bash", "tools/device_check.sh"], cwd=REPO, env=env, check=True, timeout=900)
     for name in ("vltseg_gta", "rein_gta"):
         out = open(tmp_path / f"compare_{name}.txt").read()

@@ -87,6 +87,22 @@ def test_one_window_covering_the_image_equals_whole_image_inference():
     assert torch.allclose(whole, slide, atol=1e-5)
 
 
+def test_windows_per_batch_from_the_config_give_the_same_scores():
+    """TEST.SLIDE.WINDOWS_PER_BATCH batches the windows of one image (a speed switch): scores as one at a time."""
+    cfg = tiny_cfg()
+    cfg.TEST.MODE, cfg.TEST.SLIDE.CROP_SIZE, cfg.TEST.SLIDE.STRIDE = "slide", (64, 64), (32, 32)
+    request = {"image": stripes(96, 160)["image"], "height": 96, "width": 160}  # 2 x 4 windows
+    scores = {}
+    for windows in (1, 4):
+        cfg.TEST.SLIDE.WINDOWS_PER_BATCH = windows
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        assert model.slide_windows_per_batch == windows
+        with torch.no_grad():
+            scores[windows] = model([request])[0]["sem_seg"]
+    torch.testing.assert_close(scores[4], scores[1], atol=1e-5, rtol=1e-5)
+
+
 def test_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     model = build_model(tiny_cfg()).eval()
