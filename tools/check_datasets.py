@@ -6,11 +6,11 @@
     python tools/check_datasets.py --names cityscapes_fine_val acdc_det_night_val --verify-labels 20
     python tools/check_datasets.py --dataset-file my_data.yaml --verify-labels 100   # your own datasets
 
-Segmentation datasets list their image and label files; --verify-labels N also decodes the first N labels and checks
-their values (class ids + 255). Detection datasets run their loader, which needs the images folder and the
-annotations (COCO / BDD100K JSON, instance-id PNGs, VOC XML; the loader names the missing path) and reads every
-label (minutes for Synscapes / UrbanSyn); --verify-labels N then opens the first N images and checks their size
-and boxes against the records.
+Segmentation datasets list their image and label files; --verify-labels N also decodes the first N images and labels
+(a truncated file fails) and checks the label values (class ids + 255). Detection datasets run their loader, which
+needs the images folder and the annotations (COCO / BDD100K JSON, instance-id PNGs, VOC XML; the loader names the
+missing path) and reads every label (minutes for Synscapes / UrbanSyn); --verify-labels N then opens the first N
+images and checks their size and boxes against the records.
 
 A dataset whose folder is absent is "not downloaded" (one line each); one whose folder is there but fails to load or
 verify is "present but broken" (the error in full). Exit status 1 if a dataset named with --names / --dataset-file is
@@ -29,7 +29,7 @@ from tabulate import tabulate
 from vlt.data.datasets import SEM_SEG_DATASETS, datasets_root
 from vlt.data.datasets.custom import register_custom_datasets
 from vlt.data.datasets.det_common import DET_DATASETS, is_detection_dataset
-from vlt.data.semantic_mapper import read_sem_seg
+from vlt.data.semantic_mapper import read_image, read_sem_seg
 from vlt.utils.errors import run_tool
 
 TASKS = ("seg", "det")
@@ -83,6 +83,8 @@ def check(name: str, verify_labels: int = 0) -> dict:
         else:
             labelled = [d for d in dicts if "sem_seg_file_name" in d]
             row["labels"] = len(labelled)
+            for d in dicts[:verify_labels]:
+                read_image(d["file_name"])  # undecodable or truncated images too
             for d in labelled[:verify_labels]:
                 read_sem_seg(d["sem_seg_file_name"], len(metadata.stuff_classes), metadata.ignore_label)
     except (FileNotFoundError, ValueError, OSError) as e:
