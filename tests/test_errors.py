@@ -38,6 +38,15 @@ def test_user_errors_and_programming_errors_are_told_apart(tmp_path):
     assert not is_user_error(raised(np.zeros(3).reshape, 7))  # a ValueError raised inside numpy
     assert not is_user_error(raised(lambda: [][1]))  # IndexError: a bug
     assert not is_user_error(raised(lambda: int("x")))  # ValueError raised outside VLT (here: the test)
+    from detectron2.modeling import build_model
+
+    unknown = raised(build_model, load_config("configs/Base-VLT.yaml", ["MODEL.META_ARCHITECTURE", "NoSuchArch"]))
+    assert is_user_error(unknown) and "NoSuchArch" in user_error_message(unknown)  # a registry's KeyError
+    unpacking = RuntimeError(  # a ValueError of an operation in VLT code (not a raise statement) is a bug
+        f'Traceback (most recent call last):\n  File "{sys.modules["vlt"].__path__[0]}/data/transforms.py", line 3, '
+        "in f\n    height, width = size\nValueError: not enough values to unpack (expected 2, got 1)\n"
+    )
+    assert not is_user_error(unpacking)
     assert str(InputError("Label 'x.png' cannot be decoded")) == "Label 'x.png' cannot be decoded"
 
 

@@ -9,7 +9,8 @@ checkpoint, an output that cannot be written. Two kinds of exceptions count as o
   ``FileNotFoundError``, ``OutputError`` an ``OSError``);
 - a ``ValueError``, ``KeyError``, ``FileNotFoundError`` or ``NotADirectoryError`` raised by a ``raise`` statement of
   VLT itself (the package or ``tools/``): VLT raises these only for checked conditions, with a message that names the
-  file, key or value.
+  file, key or value (the same type raised by an operation, e.g. a failed tuple unpacking, is a bug);
+- the ``KeyError`` of a Detectron2 / fvcore registry: a config names a component that does not exist.
 
 Anything else (a ``TypeError``, ``IndexError``, ``RuntimeError``, an ``AssertionError``, or any exception raised
 inside torch / Detectron2 / numpy) is a programming error: it keeps its full traceback on the console.
@@ -50,6 +51,7 @@ _VLT_DIRS = (
 _CHECKED_NAMES = {"ValueError", "KeyError", "FileNotFoundError", "NotADirectoryError"}
 # "  File "/path/x.py", line 12, in f" and "pkg.module.SomeError: message" lines of a formatted traceback.
 _FRAME_LINE = re.compile(r'^\s*File "(?P<file>[^"]+)", line \d+')
+_REGISTRY_FILE = os.path.join("fvcore", "common", "registry.py")
 _EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(: (?P<message>.*))?$")
 
 
@@ -81,13 +83,19 @@ def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _in_vlt(path: str) -> bool:
-    path = os.path.abspath(path)
-    return any(path.startswith(d + os.sep) for d in _VLT_DIRS)
+def _checked_raise(name: str, where: Optional[Tuple[str, str]]) -> bool:
+    """Whether an exception of type ``name`` raised at ``where`` = (file, source line) is a checked user error."""
+    if where is None or name not in _CHECKED_NAMES:
+        return False
+    path, line = os.path.abspath(where[0]), where[1].strip()
+    if name == "KeyError" and path.endswith(_REGISTRY_FILE):
+        return True
+    return line.startswith("raise") and any(path.startswith(d + os.sep) for d in _VLT_DIRS)
 
 
-def _embedded_traceback(text: str) -> Optional[Tuple[str, str, Optional[str]]]:
-    """(type name, message, file of the raising frame) of the innermost exception in a formatted traceback."""
+def _embedded_traceback(text: str) -> Optional[Tuple[str, str, Tuple[str, str]]]:
+    """(type name, message, (file, source line) of the raising frame) of the innermost exception in a formatted
+    traceback."""
     lines = text.rstrip().splitlines()
     last_frame = max((i for i, line in enumerate(lines) if _FRAME_LINE.match(line)), default=None)
     if last_frame is None:
@@ -97,19 +105,23 @@ def _embedded_traceback(text: str) -> Optional[Tuple[str, str, Optional[str]]]:
         match = _EXCEPTION_LINE.match(lines[start])
         if match and not lines[start].startswith(" "):
             message = "\n".join([match.group("message") or ""] + lines[start + 1 :]).strip()
-            return match.group("type"), message, _FRAME_LINE.match(lines[last_frame]).group("file")
+            source = lines[last_frame + 1] if last_frame + 1 < start else ""
+            return match.group("type"), message, (_FRAME_LINE.match(lines[last_frame]).group("file"), source)
     return None
 
 
-def _raised_in(exc: BaseException) -> Optional[str]:
+def _raised_in(exc: BaseException) -> Optional[Tuple[str, str]]:
+    """(file, source line) of the frame that raised ``exc``."""
     tb = exc.__traceback__
     if tb is None:
         return None
-    return traceback.extract_tb(tb)[-1].filename
+    frame = traceback.extract_tb(tb)[-1]
+    return frame.filename, frame.line or ""
 
 
-def _unwrap(exc: BaseException) -> Tuple[str, str, Optional[str], bool]:
-    """(type name, message, raising file, is a UserError) of ``exc``, looking inside errors of other processes."""
+def _unwrap(exc: BaseException) -> Tuple[str, str, Optional[Tuple[str, str]], bool]:
+    """(type name, message, (file, line) that raised it, is a UserError) of ``exc``, looking inside errors of other
+    processes."""
     text = str(exc.args[0]) if exc.args else ""
     if "Traceback (most recent call last)" in text:  # DataLoader worker / torch.multiprocessing error
         found = _embedded_traceback(text)
@@ -133,7 +145,7 @@ def _user_error_names() -> set:
 def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a user error (see the module docstring), also when it came from another process."""
     name, _, where, user = _unwrap(exc)
-    return user or (name in _CHECKED_NAMES and where is not None and _in_vlt(where))
+    return user or _checked_raise(name, where)
 
 
 def user_error_message(exc: BaseException) -> str:
