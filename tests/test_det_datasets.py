@@ -183,7 +183,8 @@ def test_dwd_release_layout_boxes_difficult_and_empty_images(root, make_dwd_doma
 
 
 def test_dwd_missing_and_bad_files_name_the_path(root, make_dwd_domain):
-    with pytest.raises(FileNotFoundError, match="dwd_night_rainy_test.*diverseWeather/night_rainy/VOC2007.*Diverse"):
+    missing = "dwd_night_rainy_test.*diverseWeather/night_rainy/VOC2007.*README_detection.md.*Diverse"
+    with pytest.raises(FileNotFoundError, match=missing):
         DatasetCatalog.get("dwd_night_rainy_test")
     made = make_dwd_domain(root, "night_rainy", {"train": 2})
     with pytest.raises(FileNotFoundError, match="split list .*ImageSets/Main/test.txt"):

@@ -33,12 +33,12 @@ def datasets_root() -> str:
     return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
-def require_dir(path: str, dataset: str, section: str, what: str = "folder") -> str:
+def require_dir(path: str, dataset: str, section: str, what: str = "folder", readme: str = README) -> str:
     """``path`` if it is a folder; else FileNotFoundError naming the dataset, the path and the README section."""
     if not os.path.isdir(path):
         raise FileNotFoundError(
             f"{dataset}: {what} '{path}' not found. Set DETECTRON2_DATASETS to the folder holding the datasets "
-            f"(now '{datasets_root()}') and lay it out as {README}, section '{section}', describes."
+            f"(now '{datasets_root()}') and lay it out as {readme}, section '{section}', describes."
         )
     return path
 

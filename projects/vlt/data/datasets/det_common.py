@@ -32,7 +32,10 @@ from ..instance_boxes import (
     instances_from_cityscapes_ids,
     restrict_to_classes,
 )
-from .common import README, datasets_root, require_dir  # README: its "Detection: ..." sections
+from .common import datasets_root
+from .common import require_dir as _require_dir
+
+README = "datasets/README_detection.md"  # its "Detection: ..." sections
 
 __all__ = [
     "DET_DATASETS", "README", "datasets_root", "register_det_dataset", "require_dir", "load_label_files",
@@ -80,6 +83,12 @@ def register_det_dataset(
     MetadataCatalog.get(name).set(
         thing_classes=list(classes), thing_colors=list(colors), evaluator_type=evaluator_type, **metadata
     )
+
+
+def require_dir(path: str, dataset: str, section: str, what: str = "folder") -> str:
+    """``path`` if it is a folder; else FileNotFoundError naming the dataset, the path and the section of
+    datasets/README_detection.md."""
+    return _require_dir(path, dataset, section, what, readme=README)
 
 
 def car_only(dicts: List[dict]) -> List[dict]:

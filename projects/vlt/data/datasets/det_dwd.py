@@ -27,11 +27,10 @@ from typing import List, Tuple
 from detectron2.structures import BoxMode
 from PIL import Image
 
-from .det_common import datasets_root, load_label_files, register_det_dataset, require_dir
+from .det_common import README, datasets_root, load_label_files, register_det_dataset, require_dir
 
 __all__ = ["DWD_CLASSES", "DWD_DOMAINS", "DWD_SPLITS", "dwd_annotations", "load_dwd"]
 
-README = "datasets/README_detection.md"
 SECTION = "Detection: Diverse Weather"
 DWD_CLASSES = ("bus", "bike", "car", "motor", "person", "rider", "truck")
 DWD_COLORS = [(0, 60, 100), (119, 11, 32), (0, 0, 142), (0, 0, 230), (220, 20, 60), (255, 0, 0), (0, 0, 70)]
