@@ -191,6 +191,21 @@ def test_class_count_mismatch_is_an_error():
         build_det_evaluator(cfg, "cityscapes_car_val")
 
 
+def test_truncated_and_missing_images_name_the_file_in_the_detection_mapper(tmp_path):
+    from vlt.data import build_det_test_mapper
+
+    mapper = build_det_test_mapper(tiny_cfg("configs/vltdet_urbansyn.yaml"))
+    image = np.zeros((60, 100, 3), dtype=np.uint8)
+    image[::7] = 255
+    Image.fromarray(image).save(tmp_path / "im.jpg")
+    data = (tmp_path / "im.jpg").read_bytes()
+    (tmp_path / "im.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"Image '.*im\.jpg' cannot be decoded \(image file is truncated"):
+        mapper({"file_name": str(tmp_path / "im.jpg"), "height": 60, "width": 100})
+    with pytest.raises(FileNotFoundError, match=r"Image '.*absent\.png' does not exist"):
+        mapper({"file_name": str(tmp_path / "absent.png"), "height": 60, "width": 100})
+
+
 def test_lsj_train_mapper(tmp_path):
     cfg = tiny_cfg("configs/vltdet_urbansyn.yaml", extra=[
         "INPUT.LSJ.IMAGE_SIZE", "64", "INPUT.LSJ.MIN_SCALE", "0.5", "INPUT.LSJ.MAX_SCALE", "2.0", "MODEL.MASK_ON",

@@ -181,6 +181,19 @@ def test_acdc_name_collision_keeps_the_other_conditions(tmp_path, make_acdc_spli
     assert not [f for f in os.listdir(tmp_path / "sub") if f.endswith(".tmp")]  # no temporary file left
 
 
+def test_a_full_disk_keeps_the_previous_zip_and_names_the_file(tmp_path, make_acdc_split, register_dataset, full_disk):
+    records = make_acdc_split(str(tmp_path / "acdc"), split="test", conditions=("fog",), per_condition=2, labels=False)
+    name = register_dataset("vlt_test_export_acdc_full_disk", records)
+    writer = SemSegSubmissionWriter(name, str(tmp_path / "sub"))
+    _write(writer, records, _random_train_ids(records, seed=4))
+    before = (tmp_path / "sub" / "acdc_all.zip").read_bytes()
+    full_disk(limit=200)  # the zips are written through vlt.utils.atomic_io
+    with pytest.raises(OSError, match=r"Cannot write '.*acdc_all\.zip': No space left on device"):
+        _write(writer, records, _random_train_ids(records, seed=5))
+    assert (tmp_path / "sub" / "acdc_all.zip").read_bytes() == before  # the complete earlier zip, untouched
+    assert not [f for f in os.listdir(tmp_path / "sub") if f.endswith(".tmp")]
+
+
 def test_writer_checks_sizes_formats_and_reads_the_config(tmp_path, make_acdc_split, register_dataset):
     records = make_acdc_split(str(tmp_path / "acdc"), split="test", conditions=("snow",), per_condition=1,
                               labels=False)

@@ -175,8 +175,9 @@ def _add_data_config(cfg):
     cfg.INPUT.TEST_RESOLUTION = "rein"
     # Extra factor on the test resolution (FAMix release tests at 0.5 as well); the scale ensemble is TEST.SCALES.
     cfg.INPUT.TEST_SCALE_FACTOR = 1.0
-    # Training only: skip a training image or label that cannot be decoded (corrupt, truncated) instead of stopping;
-    # each skip is logged with the file and a running count. Evaluation always stops on such a file.
+    # Segmentation training only (SemSegTrainMapper): skip a training image or label that cannot be decoded (corrupt,
+    # truncated) instead of stopping; each skip is logged with the file and a running count. Evaluation and detection
+    # training always stop on such a file, naming it.
     cfg.INPUT.SKIP_BROKEN_IMAGES = False
 
 

@@ -9,6 +9,8 @@ MAX_SIZE_TEST)`` (ViTDet: 1024, 1024 = longest edge 1024) and predictions mapped
 from detectron2.data import DatasetMapper, MetadataCatalog
 from detectron2.data import transforms as T
 
+from ..utils.errors import InputError, MissingFileError
+
 __all__ = ["DATASET_MAPPER_NAME", "SHORTEST_EDGE_MAPPER_NAME", "DET_MAPPER_NAMES", "is_detection_config",
            "check_num_classes", "build_det_train_mapper", "build_det_test_mapper"]
 
@@ -37,6 +39,20 @@ def check_num_classes(cfg, dataset_name: str) -> None:
         )
 
 
+class DetectionDatasetMapper(DatasetMapper):
+    """Detectron2's DatasetMapper whose image errors name the file: PIL reports a truncated or undecodable image as
+    a bare ``OSError("image file is truncated")``."""
+
+    def __call__(self, dataset_dict):
+        try:
+            return super().__call__(dataset_dict)
+        except FileNotFoundError as e:
+            raise MissingFileError(f"Image '{dataset_dict['file_name']}' does not exist") from e
+        except (OSError, SyntaxError) as e:  # PIL: truncated (OSError), unidentified (OSError), broken (SyntaxError)
+            raise InputError(f"Image '{dataset_dict['file_name']}' cannot be decoded ({e}): corrupt, truncated or "
+                             "not an image file") from e
+
+
 def build_det_train_mapper(cfg) -> DatasetMapper:
     """Training mapper: flip + large-scale jitter (cfg.INPUT.LSJ) or, for "vltdet_shortest_edge", Detectron2's
     default detection resize ResizeShortestEdge(INPUT.MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, MIN_SIZE_TRAIN_SAMPLING) +
@@ -58,7 +74,7 @@ def build_det_train_mapper(cfg) -> DatasetMapper:
             T.ResizeScale(lsj.MIN_SCALE, lsj.MAX_SCALE, target_height=lsj.IMAGE_SIZE, target_width=lsj.IMAGE_SIZE),
             T.FixedSizeCrop(crop_size=(lsj.IMAGE_SIZE, lsj.IMAGE_SIZE), pad=False),
         ]
-    return DatasetMapper(
+    return DetectionDatasetMapper(
         is_train=True,
         augmentations=augmentations,
         image_format=cfg.INPUT.FORMAT,
@@ -71,7 +87,7 @@ def build_det_train_mapper(cfg) -> DatasetMapper:
 
 def build_det_test_mapper(cfg) -> DatasetMapper:
     """Test mapper: resize (INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST), RGB; keeps the original height / width."""
-    return DatasetMapper(
+    return DetectionDatasetMapper(
         is_train=False,
         augmentations=[T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
         image_format=cfg.INPUT.FORMAT,
