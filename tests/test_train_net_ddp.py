@@ -140,17 +140,30 @@ def flatten(value, path=""):
 
 
 # ---------------------------------------------------------------------------------------------- every recipe
-def test_every_recipe_family_trains_and_evaluates_in_two_processes(data_root, style_bank, tmp_path):
-    runs = [recipe_args(name, tmp_path / name, style_bank) for name in RECIPES]
-    (tmp_path / "runs.json").write_text(json.dumps(runs))
-    log = run(two_processes([str(tmp_path / "runs.json")], train_net=LAUNCHER), data_root)
+RESUME_RECIPE = "vltseg_patch16"
+RESUME = ["SOLVER.MAX_ITER", 12, "SOLVER.CHECKPOINT_PERIOD", 4, "DATASETS.TEST", "()"]
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(data_root, style_bank, tmp_path_factory):
+    """One two-process launch: every recipe (3 iterations, then the table), and the uninterrupted reference run of
+    the resume test (``resume_reference``). Returns the folder of the runs and the launch's console output."""
+    root = tmp_path_factory.mktemp("two_processes")
+    runs = [recipe_args(name, root / name, style_bank) for name in RECIPES]
+    runs.append(recipe_args(RESUME_RECIPE, root / "resume_reference", style_bank, *RESUME))
+    (root / "runs.json").write_text(json.dumps(runs))
+    return root, run(two_processes([str(root / "runs.json")], train_net=LAUNCHER), data_root)
+
+
+def test_every_recipe_family_trains_and_evaluates_in_two_processes(two_process_runs, data_root, style_bank, tmp_path):
+    runs, log = two_process_runs
     # The saved weights evaluated again by one process (--eval-only): the tables must agree.
-    evals = [["--eval-only", *recipe_args(name, tmp_path / name / "one_process", style_bank,
-                                           "MODEL.WEIGHTS", tmp_path / name / "model_final.pth")] for name in RECIPES]
+    evals = [["--eval-only", *recipe_args(name, runs / name / "one_process", style_bank,
+                                           "MODEL.WEIGHTS", runs / name / "model_final.pth")] for name in RECIPES]
     (tmp_path / "evals.json").write_text(json.dumps(evals))
     run([sys.executable, LAUNCHER, "--num-gpus", "1", str(tmp_path / "evals.json")], data_root)
     for name in RECIPES:
-        out = tmp_path / name
+        out = runs / name
         assert last_checkpoint(out) == "model_final.pth", name
         assert load(out / "model_final.pth")["iteration"] == 2, name
         losses = [r for r in metrics(out) if "total_loss" in r]
@@ -183,9 +196,6 @@ def test_every_recipe_family_trains_and_evaluates_in_two_processes(data_root, st
 
 
 # ----------------------------------------------------------------------------------------------------- resume
-RESUME = ["SOLVER.MAX_ITER", 12, "SOLVER.CHECKPOINT_PERIOD", 4, "DATASETS.TEST", "()"]
-
-
 def kill_after_checkpoint(command, data_root, out, checkpoints, timeout=400):
     """Start ``command`` and SIGKILL its whole process group (the launcher and both workers) as soon as the last
     complete checkpoint of ``out`` is one of ``checkpoints``."""
@@ -207,10 +217,8 @@ def kill_after_checkpoint(command, data_root, out, checkpoints, timeout=400):
     return last_checkpoint(out)
 
 
-def test_two_process_resume_after_kill_is_bit_identical(data_root, style_bank, tmp_path):
-    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    name = "vltseg_patch16"
-    run(two_processes(recipe_args(name, reference, style_bank, *RESUME)), data_root)
+def test_two_process_resume_after_kill_is_bit_identical(two_process_runs, data_root, style_bank, tmp_path):
+    reference, resumed, name = two_process_runs[0] / "resume_reference", tmp_path / "resumed", RESUME_RECIPE
     killed_at = kill_after_checkpoint(two_processes(recipe_args(name, resumed, style_bank, *RESUME)), data_root,
                                       resumed, checkpoints=("model_0000003.pth", "model_0000007.pth"))
     saved = load(resumed / killed_at)
