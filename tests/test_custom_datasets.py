@@ -165,6 +165,14 @@ def test_id_labels_convert_through_the_table(tmp_path):
     assert DatasetCatalog.get("mine_ids_train")[0]["sem_seg_file_name"].endswith("a_labelTrainIds.png")
 
 
+def test_json_dataset_file(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps({"classes": ["road", "car"], "label_encoding": "ids", "id_map": {"7": "road", "26": 1},
+                                "datasets": {"mine_json": {"images": "i", "labels": "l"}}}))
+    spec = read_dataset_file(str(path))
+    assert spec["id_map"] == {7: 0, 26: 1} and spec["datasets"]["mine_json"]["labels"] == str(tmp_path / "l")
+
+
 def test_list_file_selects_images_in_order(example, tmp_path):
     (tmp_path / "few.txt").write_text("0003.png\n0001\n")
     path = _write(tmp_path, (example / "shapes.yaml").read_text().replace("shapes_", "few_")

@@ -105,6 +105,10 @@ def test_trained_models_give_one_table_over_both_folders(example_run):
         assert [r["dataset"] for r in table["rows"]] == SEG_SETS, run
         assert table["classes"] == ["background", "disc", "bar"]
     assert (work / "output/custom_rein/model_final.pth").is_file()
+    # The file's "domain: source" marks the source val: shown, left out of the mean over targets.
+    table = _table(work / "output/custom_vltseg_eval/multi_target.json")
+    assert [r["source"] for r in table["rows"]] == [True, False]
+    assert table["summary"]["mean"] == pytest.approx(table["rows"][1]["mIoU"])
     # --eval-only on the final checkpoint scores what the end-of-training evaluation scored.
     trained = _table(work / "output/custom_vltseg/multi_target.json")["rows"]
     evaluated = _table(work / "output/custom_vltseg_eval/multi_target.json")["rows"]

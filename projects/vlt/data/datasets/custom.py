@@ -131,6 +131,8 @@ def _id_map(path: str, value, names: Sequence[str]) -> Dict[int, int]:
     mapping = {}
     for source, target in value.items():
         entry = f"id_map.{source}"
+        if isinstance(source, str) and source.strip().isdigit():  # JSON keys are strings
+            source = int(source)
         if not isinstance(source, int) or isinstance(source, bool) or not 0 <= source <= 255:
             _fail(path, entry, f"label id {source!r} is not an integer 0..255")
         if isinstance(target, str):
