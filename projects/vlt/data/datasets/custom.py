@@ -248,8 +248,8 @@ def read_dataset_file(path: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ loaders
-def _missing(path: str, where: str, what: str, target: str, hint: str = "") -> FileNotFoundError:
-    return FileNotFoundError(f"{path}: {where}: {what} '{target}' not found{hint} (README.md, section '{SECTION}')")
+def _missing(path: str, where: str, what: str, target: str) -> FileNotFoundError:
+    return FileNotFoundError(f"{path}: {where}: {what} '{target}' not found (README.md, section '{SECTION}')")
 
 
 def load_custom_sem_seg(spec: dict, name: str) -> List[dict]:
@@ -291,6 +291,8 @@ def load_custom_coco(json_file: str, image_root: str, classes: Sequence[str], wh
 
     if not os.path.isfile(json_file):
         raise FileNotFoundError(f"{where}: annotation file '{json_file}' not found (README.md, section '{SECTION}')")
+    # The categories are read here (load_coco_json without a dataset name keeps the file's own category ids and
+    # does not return its categories): the file is parsed twice, once here and once by load_coco_json.
     with open(json_file) as f:
         categories = json.load(f).get("categories")
     if not isinstance(categories, list) or not categories:
