@@ -87,9 +87,32 @@ def tiny_config(name, tmp_path, extra=()):
     return load_config(config_path(name), opts + list(extra))
 
 
+# One config per row of the paper's tables ([page] FT_pre-trainings.png, SOTA_Table.png; poster real-to-real table),
+# plus the cheaper B-16 variants (no published row).
+VLTSEG_SYNTHETIC = {  # name: (tower, taps, train set, frozen tower)
+    "vltseg_gta.yaml": ("EVA02-L-14", [9, 14, 19, 23], "gta5_train", False),
+    "vltseg_gta_lock.yaml": ("EVA02-L-14", [9, 14, 19, 23], "gta5_train", True),
+    "vltseg_gta_clip_vit_l14.yaml": ("ViT-L-14", [9, 14, 19, 23], "gta5_train", False),
+    "vltseg_gta_clip_vit_l14_lock.yaml": ("ViT-L-14", [9, 14, 19, 23], "gta5_train", True),
+    "vltseg_synthia.yaml": ("EVA02-L-14", [9, 14, 19, 23], "synthia_train", False),
+    "vltseg_synthia_lock.yaml": ("EVA02-L-14", [9, 14, 19, 23], "synthia_train", True),
+    "vltseg_synthia_clip_vit_l14.yaml": ("ViT-L-14", [9, 14, 19, 23], "synthia_train", False),
+    "vltseg_synthia_clip_vit_l14_lock.yaml": ("ViT-L-14", [9, 14, 19, 23], "synthia_train", True),
+    "vltseg_gta_clip_vit_b16.yaml": ("ViT-B-16", [3, 5, 7, 11], "gta5_train", False),
+    "vltseg_gta_eva02_b16.yaml": ("EVA02-B-16", [3, 5, 7, 11], "gta5_train", False),
+}
+VLTSEG_REAL = {  # name: (train set, source val set, training resize (w, h), stretched: mmseg Resize without keep_ratio)
+    "vltseg_cityscapes.yaml": ("cityscapes_fine_train", "cityscapes_fine_val", (2048, 1024)),
+    "vltseg_bdd100k.yaml": ("bdd100k_sem_seg_train", "bdd100k_sem_seg_val", (2048, 1024)),
+    "vltseg_acdc.yaml": ("acdc_all_train", "acdc_all_val", (1920, 1080)),
+    "vltseg_mapillary.yaml": ("mapillary_19_robustnet_train", "mapillary_19_robustnet_val", (2048, 1024)),
+}
+DG_TARGETS = ("cityscapes_fine_val", "bdd100k_sem_seg_val", "mapillary_19_robustnet_val", "acdc_all_val")
+
+
 def test_the_vltseg_configs_are_there():
-    assert {"vltseg_gta.yaml", "vltseg_cityscapes.yaml", "vltseg_cityscapes_test.yaml", "vltseg_gta_clip_vit_b16.yaml",
-            "vltseg_gta_clip_vit_l14.yaml", "vltseg_gta_eva02_b16.yaml"} <= set(CONFIGS)
+    assert set(VLTSEG_SYNTHETIC) | set(VLTSEG_REAL) | {
+        "vltseg_cityscapes_test_pretrain.yaml", "vltseg_cityscapes_test.yaml", "vltseg_acdc_test.yaml"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -103,6 +126,8 @@ def test_config_loads_and_names_registered_datasets(name):
     for dataset in cfg.DATASETS.TEST:
         if MetadataCatalog.get(dataset).get("evaluator_type", "sem_seg") == "sem_seg":
             resolve_test_resolution(cfg.INPUT.TEST_RESOLUTION, dataset)  # the preset covers every test set
+    # The tables refuse a source set that is not evaluated (vlt.evaluation.multi_target.source_rows).
+    assert set(cfg.TEST.SOURCE_DATASETS) <= set(cfg.DATASETS.TEST), name
 
 
 BUILDABLE = [c for c in CONFIGS if c not in BACKBONE_ONLY]
@@ -131,42 +156,44 @@ def test_config_builds_a_model_that_predicts(name, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- VLTSeg recipes
-def _shared_vltseg_recipe(cfg):
+def _shared_vltseg_recipe(cfg, frozen=False):
     """Values every VLTSeg config shares (vltseg_gta.yaml; public reimplementation)."""
     assert cfg.MODEL.META_ARCHITECTURE == "VLTSegmentor" and not cfg.MODEL.REIN.ENABLED
     assert cfg.MODEL.OPEN_CLIP.PATCH_SIZE == 0  # native patch size
     assert cfg.MODEL.OPEN_CLIP.OUT_MODE == "taps" and cfg.MODEL.OPEN_CLIP.TAPS_RESAMPLE == "deconv"
-    assert cfg.MODEL.OPEN_CLIP.DROP_PATH_RATE == 0.2 and cfg.MODEL.OPEN_CLIP.FROZEN_BLOCKS == 0
+    assert cfg.MODEL.OPEN_CLIP.DROP_PATH_RATE == 0.2 and cfg.MODEL.OPEN_CLIP.FROZEN_BLOCKS == (-1 if frozen else 0)
     assert not cfg.MODEL.OPEN_CLIP.PIXEL_STATS_FROM_MODEL and tuple(cfg.MODEL.PIXEL_MEAN) == (123.675, 116.28, 103.53)
     assert cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES == 100 and cfg.MODEL.MASK_FORMER.DEC_LAYERS == 10
     assert cfg.SOLVER.OPTIMIZER == "ADAMW" and cfg.SOLVER.BASE_LR == 1e-4 and cfg.SOLVER.WEIGHT_DECAY == 0.05
     assert cfg.SOLVER.BACKBONE_MULTIPLIER == 0.1 and cfg.SOLVER.LAYER_DECAY == 1.0
+    # schedule_*.py custom keys: necks in the backbone group, only blocks' norm1/norm2, norm, pos_embed exempt
+    assert cfg.SOLVER.PARAM_GROUP_RULES == "vltseg_reimpl" and cfg.SOLVER.WEIGHT_DECAY_NORM == 0.0
+    assert list(cfg.SOLVER.NO_WEIGHT_DECAY_KEYWORDS) == ["query_embed", "query_feat", "level_embed"]
     assert cfg.SOLVER.CLIP_GRADIENTS.ENABLED and cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "full_model"
     assert cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE == 0.01
     assert cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR" and cfg.SOLVER.POLY_LR_POWER == 0.9
     assert (cfg.SOLVER.WARMUP_METHOD, cfg.SOLVER.WARMUP_FACTOR, cfg.SOLVER.WARMUP_ITERS) == ("constant", 1.0, 500)
-    assert cfg.INPUT.RESIZE_MODE == "ratio_range"
+    assert cfg.SOLVER.POLY_LR_AFTER_WARMUP
+    assert cfg.INPUT.RESIZE_MODE == "fixed"  # mmseg Resize(scale) without keep_ratio, no ratio range
     assert cfg.INPUT.CROP.CAT_MAX_RATIO == 0.75 and cfg.INPUT.PHOTOMETRIC_DISTORTION
     assert cfg.INPUT.RANDOM_FLIP == "horizontal" and cfg.TEST.MODE == "slide"
 
 
-@pytest.mark.parametrize("name, tower, taps", [
-    ("vltseg_gta.yaml", "EVA02-L-14", [9, 14, 19, 23]),
-    ("vltseg_gta_clip_vit_l14.yaml", "ViT-L-14", [9, 14, 19, 23]),
-    ("vltseg_gta_clip_vit_b16.yaml", "ViT-B-16", [3, 5, 7, 11]),
-    ("vltseg_gta_eva02_b16.yaml", "EVA02-B-16", [3, 5, 7, 11]),
-])
-def test_vltseg_gta_recipe(name, tower, taps):
+@pytest.mark.parametrize("name", sorted(VLTSEG_SYNTHETIC))
+def test_vltseg_synthetic_to_real_recipe(name):
+    tower, taps, train, frozen = VLTSEG_SYNTHETIC[name]
     cfg = load_config(config_path(name))
-    _shared_vltseg_recipe(cfg)
+    _shared_vltseg_recipe(cfg, frozen)
     assert cfg.MODEL.OPEN_CLIP.MODEL_NAME == tower and list(cfg.MODEL.OPEN_CLIP.OUT_INDICES) == taps
-    assert cfg.DATASETS.TRAIN == ("gta5_train",)
-    assert cfg.DATASETS.TEST == ("cityscapes_fine_val", "bdd100k_sem_seg_val", "mapillary_19_val")
-    assert cfg.SOLVER.IMS_PER_BATCH == 16 and cfg.SOLVER.MAX_ITER == 5000
+    assert cfg.DATASETS.TRAIN == (train,)
+    assert cfg.DATASETS.TEST == DG_TARGETS and list(cfg.TEST.SOURCE_DATASETS) == []  # the DG mean of 4 targets
+    assert cfg.SOLVER.IMS_PER_BATCH == 16 and cfg.SOLVER.MAX_ITER == 5000 and cfg.SOLVER.CHECKPOINT_PERIOD == 500
     assert tuple(cfg.INPUT.RESIZE_BASE) == (1280, 720) and tuple(cfg.INPUT.CROP.SIZE) == (512, 512)
-    assert tuple(cfg.INPUT.RESIZE_RATIO_RANGE) == (1.0, 1.0)  # a fixed resize to 1280x720
     assert tuple(cfg.TEST.SLIDE.CROP_SIZE) == (512, 512) and tuple(cfg.TEST.SLIDE.STRIDE) == (426, 426)
-    assert cfg.INPUT.TEST_RESOLUTION == "rein" and list(cfg.TEST.SCALES) == [1.0] and not cfg.TEST.FLIP
+    # synth2*.py: keep-ratio 1024x512 (BDD100K too), ACDC 960x540
+    assert cfg.INPUT.TEST_RESOLUTION == "vltseg_synthetic" and list(cfg.TEST.SCALES) == [1.0] and not cfg.TEST.FLIP
+    if train == "synthia_train":
+        assert list(cfg.TEST.MIOU_CLASS_SUBSETS) == ["synthia16", "synthia13"]
 
 
 @pytest.mark.parametrize("name, tower, tag, taps", [
@@ -181,9 +208,9 @@ def test_vltseg_pretraining_rows_change_only_the_tower(name, tower, tag, taps):
     _shared_vltseg_recipe(cfg)
     oc = cfg.MODEL.OPEN_CLIP
     assert (oc.SOURCE, oc.MODEL_NAME, oc.PRETRAINED, list(oc.OUT_INDICES)) == ("timm", tower, tag, taps)
-    assert cfg.DATASETS.TEST == ("cityscapes_fine_val", "bdd100k_sem_seg_val", "mapillary_19_val", "acdc_all_val")
+    assert cfg.DATASETS.TEST == DG_TARGETS
     for key in ("MODEL.OPEN_CLIP.SOURCE", "MODEL.OPEN_CLIP.MODEL_NAME", "MODEL.OPEN_CLIP.PRETRAINED",
-                "MODEL.OPEN_CLIP.OUT_INDICES", "DATASETS.TEST", "OUTPUT_DIR"):
+                "MODEL.OPEN_CLIP.OUT_INDICES", "OUTPUT_DIR"):
         node, ref = cfg, reference
         for part in key.split(".")[:-1]:
             node, ref = node[part], ref[part]
@@ -204,28 +231,44 @@ def test_rein_dinov2_release_values(name, img_size):
     assert tuple(cfg.INPUT.CROP.SIZE) == (img_size, img_size) and tuple(cfg.TEST.SLIDE.CROP_SIZE) == (img_size,) * 2
 
 
-@pytest.mark.parametrize("name", ["vltseg_cityscapes.yaml", "vltseg_cityscapes_test.yaml"])
-def test_vltseg_cityscapes_recipe(name):
+@pytest.mark.parametrize("name", sorted(VLTSEG_REAL))
+def test_vltseg_real_to_real_recipe(name):
+    train, source, resize = VLTSEG_REAL[name]
     cfg = load_config(config_path(name))
     _shared_vltseg_recipe(cfg)
     assert cfg.MODEL.OPEN_CLIP.MODEL_NAME == "EVA02-L-14" and list(cfg.MODEL.OPEN_CLIP.OUT_INDICES) == [9, 14, 19, 23]
-    assert cfg.DATASETS.TRAIN == ("cityscapes_fine_train",)
-    assert cfg.SOLVER.IMS_PER_BATCH == 8 and cfg.SOLVER.MAX_ITER == 20000
-    assert tuple(cfg.INPUT.RESIZE_BASE) == (2048, 1024) and tuple(cfg.INPUT.CROP.SIZE) == (1024, 1024)
-    assert tuple(cfg.INPUT.RESIZE_RATIO_RANGE) == (0.5, 2.0)
+    assert cfg.DATASETS.TRAIN == (train,) and cfg.DATASETS.TEST == DG_TARGETS
+    assert list(cfg.TEST.SOURCE_DATASETS) == [source]  # out of the mean, reference of the rPD
+    assert cfg.SOLVER.IMS_PER_BATCH == 8 and cfg.SOLVER.MAX_ITER == 20000 and cfg.SOLVER.CHECKPOINT_PERIOD == 2000
+    assert tuple(cfg.INPUT.RESIZE_BASE) == resize and tuple(cfg.INPUT.CROP.SIZE) == (1024, 1024)
     assert tuple(cfg.TEST.SLIDE.CROP_SIZE) == (1024, 1024) and tuple(cfg.TEST.SLIDE.STRIDE) == (768, 768)
-    assert cfg.INPUT.TEST_RESOLUTION == "native"
-    if name == "vltseg_cityscapes.yaml":
-        assert cfg.DATASETS.TEST == ("acdc_fog_val", "acdc_night_val", "acdc_rain_val", "acdc_snow_val",
-                                     "cityscapes_fine_val")
-        assert list(cfg.TEST.SCALES) == [1.0] and not cfg.TEST.FLIP and not cfg.TEST.EXPORT.ENABLED
-    else:
-        assert cfg.DATASETS.TEST == ("cityscapes_fine_test", "acdc_all_test")
-        assert list(cfg.TEST.SCALES) == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] and cfg.TEST.FLIP
-        assert cfg.TEST.EXPORT.ENABLED and cfg.TEST.EXPORT.ZIP
+    assert cfg.INPUT.TEST_RESOLUTION == "vltseg_real" and list(cfg.TEST.SCALES) == [1.0] and not cfg.TEST.FLIP
+    assert not cfg.TEST.EXPORT.ENABLED
 
 
-@pytest.mark.parametrize("name", ["vltseg_gta.yaml", "vltseg_cityscapes.yaml"])
+def test_vltseg_test_server_configs():
+    """Cityscapes test: Mapillary 20k, then Cityscapes 40k from its model_final.pth, TTA 1.0-2.25 + flip
+    (real2cityscapes_testset.py); ACDC test: the Cityscapes 20k model, TTA 1.0-1.75 + flip (real2acdc_testset.py)."""
+    stage1 = load_config(config_path("vltseg_cityscapes_test_pretrain.yaml"))
+    stage2 = load_config(config_path("vltseg_cityscapes_test.yaml"))
+    acdc = load_config(config_path("vltseg_acdc_test.yaml"))
+    for cfg in (stage1, stage2, acdc):
+        _shared_vltseg_recipe(cfg)
+        assert cfg.INPUT.TEST_RESOLUTION == "vltseg_real" and list(cfg.TEST.SOURCE_DATASETS) == []
+    assert stage1.DATASETS.TRAIN == ("mapillary_19_robustnet_train",) and stage1.SOLVER.MAX_ITER == 20000
+    assert stage1.DATASETS.TEST == ("cityscapes_fine_val",) and not stage1.TEST.EXPORT.ENABLED
+    assert stage2.MODEL.WEIGHTS == os.path.join(stage1.OUTPUT_DIR, "model_final.pth")
+    assert stage2.DATASETS.TRAIN == ("cityscapes_fine_train",) and stage2.SOLVER.MAX_ITER == 40000
+    assert stage2.SOLVER.IMS_PER_BATCH == 8 and tuple(stage2.INPUT.RESIZE_BASE) == (2048, 1024)
+    assert stage2.DATASETS.TEST == ("cityscapes_fine_test",)
+    assert list(stage2.TEST.SCALES) == [1.0, 1.25, 1.5, 1.75, 2.0, 2.25] and stage2.TEST.FLIP
+    cityscapes = load_config(config_path("vltseg_cityscapes.yaml"))
+    assert acdc.MODEL.WEIGHTS == os.path.join(cityscapes.OUTPUT_DIR, "model_final.pth")
+    assert acdc.DATASETS.TEST == ("acdc_all_test",) and list(acdc.TEST.SCALES) == [1.0, 1.25, 1.5, 1.75]
+    assert acdc.TEST.FLIP and acdc.TEST.EXPORT.ENABLED and stage2.TEST.EXPORT.ENABLED and stage2.TEST.EXPORT.ZIP
+
+
+@pytest.mark.parametrize("name", ["vltseg_gta.yaml", "vltseg_cityscapes.yaml", "vltseg_cityscapes_test.yaml"])
 def test_vltseg_schedule_holds_the_base_lr_for_500_iterations_then_decays(name):
     """[reimpl] PolyLR(begin=500, end=MAX_ITER): constant 1e-4 for 500 iterations, then poly 0.9 from 1e-4 over the
     remaining iterations (SOLVER.POLY_LR_AFTER_WARMUP)."""
@@ -244,27 +287,29 @@ def test_vltseg_schedule_holds_the_base_lr_for_500_iterations_then_decays(name):
     assert lrs[-1] == pytest.approx(1e-4 * (1 / (max_iter - 500)) ** 0.9, rel=1e-6)
 
 
-def test_export_config_builds_only_submission_writers(tmp_path):
-    cfg = load_config(config_path("vltseg_cityscapes_test.yaml"), ["OUTPUT_DIR", str(tmp_path)])
-    formats = {}
-    for dataset in cfg.DATASETS.TEST:
-        assert not MetadataCatalog.get(dataset).get("has_labels", True)
-        writer = Trainer.build_evaluator(cfg, dataset)
-        assert isinstance(writer, SemSegSubmissionWriter)
-        formats[dataset] = writer.submission_format
-    assert formats == {"cityscapes_fine_test": "cityscapes", "acdc_all_test": "acdc"}
+@pytest.mark.parametrize("name, dataset, submission_format", [
+    ("vltseg_cityscapes_test.yaml", "cityscapes_fine_test", "cityscapes"),
+    ("vltseg_acdc_test.yaml", "acdc_all_test", "acdc"),
+])
+def test_export_config_builds_only_submission_writers(name, dataset, submission_format, tmp_path):
+    cfg = load_config(config_path(name), ["OUTPUT_DIR", str(tmp_path)])
+    assert cfg.DATASETS.TEST == (dataset,) and not MetadataCatalog.get(dataset).get("has_labels", True)
+    writer = Trainer.build_evaluator(cfg, dataset)
+    assert isinstance(writer, SemSegSubmissionWriter) and writer.submission_format == submission_format
 
 
-def test_export_config_writes_the_submissions_end_to_end(tmp_path, monkeypatch, make_cityscapes_split,
-                                                        make_acdc_split):
+def test_export_configs_write_the_submissions_end_to_end(tmp_path, monkeypatch, make_cityscapes_split,
+                                                         make_acdc_split):
     """What ``train_net.py --eval-only`` runs (Trainer.test) on tiny unlabelled test splits in the real layouts."""
     make_cityscapes_split(str(tmp_path / "cityscapes"), split="test", num_images=2, size=(32, 64), labels=False)
     make_acdc_split(str(tmp_path / "acdc"), split="test", conditions=("fog", "night", "rain", "snow"),
                     per_condition=1, size=(32, 56), labels=False)
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
-    # Scales >= 1: at 0.5 a 16-px window has a 1x1 res5, too small for the tiny head's GroupNorm.
-    cfg = tiny_config("vltseg_cityscapes_test.yaml", tmp_path,
-                      ["DATALOADER.NUM_WORKERS", "0", "TEST.SCALES", "[1.0, 1.5]"])
+    # Both servers from one tiny model (the configs differ in test set and TTA scales only). Scales >= 1: at 0.5 a
+    # 16-px window has a 1x1 res5, too small for the tiny head's GroupNorm.
+    cfg = tiny_config("vltseg_cityscapes_test.yaml", tmp_path, [
+        "DATALOADER.NUM_WORKERS", "0", "TEST.SCALES", "[1.0, 1.5]",
+        "DATASETS.TEST", '("cityscapes_fine_test", "acdc_all_test")'])
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     Trainer.test(cfg, model)

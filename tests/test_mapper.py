@@ -359,6 +359,20 @@ def test_test_resize_protocols():
     assert resolve_test_resolution("short_256", "acdc_fog_val") == "short_256"
 
 
+@pytest.mark.parametrize("preset, sizes", [
+    # public VLTSeg reimpl. test/synth2*.py and test/real2*.py: mmseg Resize(scale, keep_ratio=True)
+    ("vltseg_synthetic", {"cityscapes_fine_val": (512, 1024), "bdd100k_sem_seg_val": (512, 910),
+                          "mapillary_19_robustnet_val": (512, 683), "acdc_all_val": (540, 960)}),
+    ("vltseg_real", {"cityscapes_fine_val": (1024, 2048), "bdd100k_sem_seg_val": (1024, 1820),
+                     "mapillary_19_robustnet_val": (1024, 1365), "acdc_all_val": (1080, 1920)}),
+])
+def test_vltseg_test_resolution_presets(preset, sizes):
+    native = {"cityscapes_fine_val": (1024, 2048), "bdd100k_sem_seg_val": (720, 1280),
+              "mapillary_19_robustnet_val": (3000, 4000), "acdc_all_val": (1080, 1920)}
+    for dataset, size in sizes.items():
+        assert evaluation_resize_shape(*native[dataset], resolve_test_resolution(preset, dataset))[0] == size, dataset
+
+
 def test_test_mapper_resizes_image_keeps_label_and_size(tiny_dataset):
     image = coordinate_image(64, 128)
     label = np.random.default_rng(0).integers(0, 19, (64, 128)).astype(np.uint8)

@@ -271,6 +271,8 @@ def test_configs_carry_the_release_recipe_and_build(name):
     assert tuple(cfg.TEST.SLIDE.STRIDE) == stride
     assert cfg.SOLVER.BASE_LR == pytest.approx(lr) and cfg.SOLVER.IMS_PER_BATCH == batch
     assert cfg.SOLVER.WARMUP_ITERS == warmup and cfg.INPUT.MAX_SIZE_TRAIN == max_size
+    # release: LinearLR to 10k, then PolyLR(begin=10000, end=40000) from the full LR
+    assert cfg.SOLVER.POLY_LR_AFTER_WARMUP == (warmup > 0)
     assert list(cfg.INPUT.MIN_SIZE_TRAIN) == [int(crop[0] * x * 0.1) for x in range(5, 21)]
     model = build_model(cfg)
     assert isinstance(get_vit(model.backbone).block_hooks[0], Rein)

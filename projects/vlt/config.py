@@ -49,9 +49,11 @@ def _add_backbone_config(cfg):
     cfg.MODEL.OPEN_CLIP.IMG_SIZE = 0
     # Keep the text tower in memory as well (FAMix style mining needs it).
     cfg.MODEL.OPEN_CLIP.KEEP_TEXT_TOWER = False
-    # Patch size of the tower: 0 = native; e.g. 16 converts a patch-14 tower (patch embedding resampled,
-    # FlexiViT-style pseudo-inverse; position embeddings to the new grid), as official Rein does. timm towers are
-    # built at this patch size and the checkpoint's patch embedding is resampled on load.
+    # Patch size of the tower: 0 = native; e.g. 16 converts a patch-14 tower (patch embedding resampled FlexiViT-style
+    # with timm's pseudo-inverse resample_patch_embed; position embeddings to the new grid). timm towers are built at
+    # this patch size and the checkpoint's patch embedding is resampled on load. Official Rein converts too but
+    # interpolates the kernel bicubically (tools/convert_models/convert_dinov2_large_512x512.py), which does not keep
+    # the embedding's response to a resized image; VLT keeps the pseudo-inverse (see README, "Backbones").
     cfg.MODEL.OPEN_CLIP.PATCH_SIZE = 0
     # Multi-scale outputs: "pyramid" = ViTDet simple feature pyramid from the last block; "taps" = features of
     # the blocks in OUT_INDICES resized by 4, 2, 1, 0.5 (Rein / public VLTSeg reimplementation).
@@ -170,8 +172,9 @@ def _add_data_config(cfg):
     cfg.INPUT.SIZE_DIVISIBILITY = -1
     # Test resolution (datasets/README.md, "Evaluation resolution"): a preset looked up per dataset — "rein"
     # (Cityscapes 1024x512, BDD100K 1280x720, Mapillary 1024x512, ACDC 1920x1080), "robustnet" (native; Mapillary
-    # height 1536 + centre crop 1536x1536), "native" — or one protocol for all test sets: native, fit_<W>x<H>,
-    # short_<N>, height<N>_crop.
+    # height 1536 + centre crop 1536x1536), "vltseg_synthetic" (public VLTSeg reimpl. after GTA5 / SYNTHIA: keep-ratio
+    # 1024x512, ACDC 960x540), "vltseg_real" (after real training: keep-ratio 2048x1024, ACDC 1920x1080), "native" —
+    # or one protocol for all test sets: native, fit_<W>x<H>, short_<N>, height<N>_crop.
     cfg.INPUT.TEST_RESOLUTION = "rein"
     # Extra factor on the test resolution (FAMix release tests at 0.5 as well); the scale ensemble is TEST.SCALES.
     cfg.INPUT.TEST_SCALE_FACTOR = 1.0

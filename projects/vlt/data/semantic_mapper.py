@@ -140,10 +140,13 @@ def evaluation_resize_shape(height: int, width: int, protocol: str) -> Tuple[Tup
 
 
 def resolve_test_resolution(setting: str, dataset_name: str) -> str:
-    """The protocol of INPUT.TEST_RESOLUTION for a dataset: a preset name ("rein", "robustnet", "native") looks
-    up the dataset's metadata ``test_resolutions``; anything else is a protocol applied to every dataset."""
+    """The protocol of INPUT.TEST_RESOLUTION for a dataset: a preset name (``TEST_RESOLUTION_PRESETS``: "rein",
+    "robustnet", "vltseg_synthetic", "vltseg_real", "native") looks up the dataset's metadata ``test_resolutions``;
+    anything else is a protocol applied to every dataset."""
+    from .datasets.common import TEST_RESOLUTION_PRESETS
+
     resolutions = MetadataCatalog.get(dataset_name).get("test_resolutions", None)
-    if setting in ("rein", "robustnet", "native"):
+    if setting in TEST_RESOLUTION_PRESETS:
         if resolutions is None:
             return "native"
         if setting not in resolutions:

@@ -16,7 +16,10 @@ __all__ = ["ACDC_CONDITIONS", "load_acdc", "register_acdc"]
 
 SECTION = "ACDC"
 ACDC_CONDITIONS = ("fog", "night", "rain", "snow")
-TEST_RESOLUTIONS = {"rein": "fit_1920x1080", "robustnet": "native", "native": "native"}
+# VLTSeg reimpl.: keep-ratio 960x540 after synthetic training (test/synth2acdc.py), 1920x1080 after real training
+# (test/real2acdc.py).
+TEST_RESOLUTIONS = {"rein": "fit_1920x1080", "robustnet": "native", "vltseg_synthetic": "fit_960x540",
+                    "vltseg_real": "fit_1920x1080", "native": "native"}
 
 
 def load_acdc(condition: str, split: str, root: str = ""):

@@ -12,7 +12,10 @@ from .common import datasets_root, list_image_label_pairs, register_sem_seg
 __all__ = ["load_bdd100k_sem_seg", "register_bdd100k"]
 
 SECTION = "BDD100K"
-TEST_RESOLUTIONS = {"rein": "fit_1280x720", "robustnet": "native", "native": "native"}
+# VLTSeg reimpl.: keep-ratio resize into 1024x512 after synthetic training (test/synth2bdd100k.py: 910x512), into
+# 2048x1024 after real training (test/real2bdd100k.py: 1820x1024).
+TEST_RESOLUTIONS = {"rein": "fit_1280x720", "robustnet": "native", "vltseg_synthetic": "fit_1024x512",
+                    "vltseg_real": "fit_2048x1024", "native": "native"}
 
 
 def load_bdd100k_sem_seg(split: str, root: str = ""):

@@ -18,8 +18,9 @@ __all__ = ["CITYSCAPES_SPLITS", "load_cityscapes_fine", "register_cityscapes"]
 CITYSCAPES_SPLITS = ("train", "val", "test")
 SECTION = "Cityscapes"
 # Test resolution: GTA-trained DG models are tested at 1024x512 (Rein, VLTSeg reimplementation); RobustNet / FAMix
-# and Cityscapes-trained models at the native 2048x1024.
-TEST_RESOLUTIONS = {"rein": "fit_1024x512", "robustnet": "native", "native": "native"}
+# and Cityscapes-trained models at the native 2048x1024 (VLTSeg reimpl. test/real2cityscapes.py: keep-ratio 2048x1024).
+TEST_RESOLUTIONS = {"rein": "fit_1024x512", "robustnet": "native", "vltseg_synthetic": "fit_1024x512",
+                    "vltseg_real": "fit_2048x1024", "native": "native"}
 
 
 def load_cityscapes_fine(split: str, root: str = "", with_labels: bool = True):

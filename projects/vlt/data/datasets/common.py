@@ -25,7 +25,7 @@ README = "datasets/README.md"
 
 # Test-resolution protocol of each evaluation preset (INPUT.TEST_RESOLUTION), per dataset family; see
 # data/test_resolution.py for the protocol strings and datasets/README.md for the sources.
-TEST_RESOLUTION_PRESETS = ("rein", "robustnet", "native")
+TEST_RESOLUTION_PRESETS = ("rein", "robustnet", "vltseg_synthetic", "vltseg_real", "native")
 
 
 def datasets_root() -> str:

@@ -17,7 +17,8 @@ from .common import datasets_root, list_image_label_pairs, register_sem_seg, sel
 __all__ = ["load_gta5", "register_gta5"]
 
 SECTION = "GTA5"
-TEST_RESOLUTIONS = {"rein": "native", "robustnet": "native", "native": "native"}
+TEST_RESOLUTIONS = {"rein": "native", "robustnet": "native", "vltseg_synthetic": "native", "vltseg_real": "native",
+                    "native": "native"}
 
 
 def load_gta5(root: str = "", split_list: str = "", dataset_name: str = "gta5_train"):

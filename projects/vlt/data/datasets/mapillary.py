@@ -23,8 +23,10 @@ __all__ = ["MAPILLARY_SPLITS", "load_mapillary_19", "register_mapillary"]
 SECTION = "Mapillary Vistas"
 MAPILLARY_SPLITS = {"train": "training", "val": "validation"}
 LABEL_FOLDERS = {"": "labels_19", "_robustnet": "labels_19_robustnet"}
-# Rein: 1024x512 on the half-size copy; RobustNet / FAMix: height 1536, centre crop / pad to 1536x1536.
-TEST_RESOLUTIONS = {"rein": "fit_1024x512", "robustnet": "height1536_crop", "native": "native"}
+# Rein: 1024x512 on the half-size copy; RobustNet / FAMix: height 1536, centre crop / pad to 1536x1536; VLTSeg
+# reimpl.: keep-ratio resize into 1024x512 (test/synth2mapillary.py) or 2048x1024 (test/real2mapillary.py).
+TEST_RESOLUTIONS = {"rein": "fit_1024x512", "robustnet": "height1536_crop", "vltseg_synthetic": "fit_1024x512",
+                    "vltseg_real": "fit_2048x1024", "native": "native"}
 
 
 def load_mapillary_19(split: str, protocol: str = "", half: bool = False, root: str = ""):
@@ -52,6 +54,7 @@ def register_mapillary():
             )
     register_sem_seg(
         "mapillary_19_half_val", lambda: load_mapillary_19("val", half=True),
-        {"rein": "fit_1024x512", "robustnet": "fit_1024x512", "native": "native"}, label_protocol="by_name",
+        {"rein": "fit_1024x512", "robustnet": "fit_1024x512", "vltseg_synthetic": "fit_1024x512",
+         "vltseg_real": "fit_2048x1024", "native": "native"}, label_protocol="by_name",
         dataset_folder="mapillary_vistas",
     )

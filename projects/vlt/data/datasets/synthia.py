@@ -22,7 +22,8 @@ from .common import datasets_root, list_image_label_pairs, register_sem_seg, sel
 __all__ = ["load_synthia", "register_synthia"]
 
 SECTION = "SYNTHIA-RAND-CITYSCAPES"
-TEST_RESOLUTIONS = {"rein": "native", "robustnet": "native", "native": "native"}
+TEST_RESOLUTIONS = {"rein": "native", "robustnet": "native", "vltseg_synthetic": "native", "vltseg_real": "native",
+                    "native": "native"}
 
 
 def load_synthia(root: str = "", split_list: str = ""):

@@ -16,7 +16,8 @@ from .common import datasets_root, list_image_label_pairs, register_sem_seg
 __all__ = ["DEMO_DATASETS", "load_vlt_demo", "register_vlt_demo"]
 
 SECTION = "VLT demo benchmark"
-TEST_RESOLUTIONS = {"rein": "native", "robustnet": "native", "native": "native"}
+TEST_RESOLUTIONS = {"rein": "native", "robustnet": "native", "vltseg_synthetic": "native", "vltseg_real": "native",
+                    "native": "native"}
 # name -> (split, domain)
 DEMO_DATASETS = {
     "vlt_demo_source_train": ("train", "source"),

@@ -47,8 +47,8 @@ class VisionTower(nn.Module):
             are then timm's, under ``visual.``). The pooling head (``ln_post``/``proj``, timm ``norm``/``head``, SAM's
             256-channel neck, which exists for SAM's prompt decoder) is dropped: dense prediction uses block outputs.
         patch_size: 0 to keep the native patch size, else convert the patch embedding to this size
-            (FlexiViT pseudo-inverse resampling, timm ``resample_patch_embed``), as official Rein does for
-            patch-14 towers.
+            (FlexiViT pseudo-inverse resampling, timm ``resample_patch_embed``; official Rein instead
+            interpolates the kernel bicubically, see README "Backbones").
     """
 
     is_pretrained_tower = True
