@@ -306,9 +306,10 @@ def test_export_configs_write_the_submissions_end_to_end(tmp_path, monkeypatch, 
                     per_condition=1, size=(32, 56), labels=False)
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
     # Both servers from one tiny model (the configs differ in test set and TTA scales only). Scales >= 1: at 0.5 a
-    # 16-px window has a 1x1 res5, too small for the tiny head's GroupNorm.
+    # 16-px window has a 1x1 res5, too small for the tiny head's GroupNorm. Native resolution: the "vltseg_real"
+    # preset would blow the tiny images up to 2048x1024 / 1920x1080.
     cfg = tiny_config("vltseg_cityscapes_test.yaml", tmp_path, [
-        "DATALOADER.NUM_WORKERS", "0", "TEST.SCALES", "[1.0, 1.5]",
+        "DATALOADER.NUM_WORKERS", "0", "TEST.SCALES", "[1.0, 1.5]", "INPUT.TEST_RESOLUTION", "native",
         "DATASETS.TEST", '("cityscapes_fine_test", "acdc_all_test")'])
     torch.manual_seed(0)
     model = build_model(cfg).eval()
