@@ -27,6 +27,7 @@ from PIL import Image
 
 from vlt.data import build_sem_seg_test_loader
 from vlt.engine.demo import train_and_evaluate_demo
+from vlt.utils.atomic_io import atomic_write
 from vlt.utils.errors import run_tool, setup_tool_logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,7 +108,7 @@ def main(argv=None) -> dict:
         "mIoU": {name: round(results[name]["sem_seg"]["mIoU"], 2) for name in cfg.DATASETS.TEST},
         "constant_guess_mIoU": {name: round(constant_guess_miou(name), 2) for name in cfg.DATASETS.TEST},
     }
-    with open(os.path.join(cfg.OUTPUT_DIR, "demo_summary.json"), "w") as f:
+    with atomic_write(os.path.join(cfg.OUTPUT_DIR, "demo_summary.json")) as f:
         json.dump(summary, f, indent=1)
     print("\n" + "\n".join(
         f"{name:24s} mIoU {summary['mIoU'][name]:6.2f}   (constant guess {summary['constant_guess_mIoU'][name]:5.2f})"

@@ -27,6 +27,7 @@ from PIL import Image
 from vlt.data import build_det_test_mapper
 from vlt.engine.demo import train_and_evaluate_demo
 from vlt.evaluation import det_multi_target_table
+from vlt.utils.atomic_io import atomic_write
 from vlt.utils.errors import run_tool, setup_tool_logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,7 +83,7 @@ def main(argv=None) -> dict:
         "AP50": {name: results[name]["bbox"]["AP50"] for name in cfg.DATASETS.TEST},
         "mAP50": dict(headline),
     }
-    with open(os.path.join(cfg.OUTPUT_DIR, "demo_det_summary.json"), "w") as f:
+    with atomic_write(os.path.join(cfg.OUTPUT_DIR, "demo_det_summary.json")) as f:
         json.dump(summary, f, indent=1)
     print(f"\nmAP50: mean over targets {headline['mean']:.2f}, rPD {headline.get('rPD', float('nan')):.1f} "
           f"(mean over targets / source val x 100)")
