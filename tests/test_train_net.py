@@ -380,7 +380,7 @@ def test_truncated_checkpoint_is_one_line_and_the_traceback_goes_to_log_txt(trai
 def test_user_error_in_two_processes_surfaces_once(data_root, tmp_path):
     """Detectron2's launcher with 2 processes: the error of a worker process ends the run once, as one line."""
     done = train_net(data_root, BASE, ["DATASETS.TRAIN", "('gta5_train',)", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 7,
-                                       "OUTPUT_DIR", tmp_path], "--num-gpus", "2",
+                                       "OUTPUT_DIR", tmp_path], "--num-gpus", "2", "--dist-url", "auto",
                      check=False)
     message = "MODEL.SEM_SEG_HEAD.NUM_CLASSES is 7 but gta5_train has 19 classes"
     assert_user_error(done, message, log=tmp_path / "log.txt")
