@@ -115,6 +115,7 @@ def test_run_tool_prints_the_message_last_and_logs_the_traceback(tmp_path, capsy
         logging.getLogger("vlt").propagate = True
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and Detectron2
 def test_importing_vlt_first_silences_fvcores_torch_jit_warning():
     code = textwrap.dedent("""
         import vlt  # noqa: F401
