@@ -4,9 +4,11 @@ saved as per-class style banks for MODEL.FAMIX.STYLE_BANK. Resumable: rerun the 
 
     python tools/mine_styles.py --config-file configs/famix_gta_rn50.yaml --output styles/famix_gta_rn50.pth
 """
+import vlt  # noqa: F401, I001  (first: its warnings filter must precede Detectron2's import of fvcore)
 import argparse
 import logging
 import os
+import sys
 import tempfile
 from typing import Dict, List
 
@@ -27,6 +29,7 @@ from vlt.modeling.adapters.style_mining import (
 )
 from vlt.modeling.backbone import build_open_clip_model, build_open_clip_tokenizer, pixel_stats
 from vlt.utils.config import load_config
+from vlt.utils.errors import run_tool
 
 logger = logging.getLogger("vlt.mine_styles")
 
@@ -192,4 +195,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_tool(main))
