@@ -173,14 +173,18 @@ def test_mine_styles_tool_writes_and_resumes(tmp_path, make_cityscapes_split, re
             "MODEL.FAMIX.MINING.DROP_LAST", "False"]
     head.append("--allow-missing-classes")  # 2-3 tiny images do not hold all 19 classes
     monkeypatch.setattr(sys, "argv", head + ["--max-images", "2"] + opts)
-    runpy.run_path("tools/mine_styles.py", run_name="__main__")
+    with pytest.raises(SystemExit) as finished:
+        runpy.run_path("tools/mine_styles.py", run_name="__main__")
+    assert finished.value.code == 0
     data = torch.load(output, weights_only=False)
     assert data["complete"] and len(data["done_images"]) == 2 and data["styles"] == prompts["styles"]
     assert data["model_name"] == "VLT-RN-Tiny" and data["grid"] == 3 and data["tap"] == "res2"
     assert all(v.shape[1:] == (2, 64) for v in data["banks"].values())
     first = {k: len(v) for k, v in data["banks"].items()}
     monkeypatch.setattr(sys, "argv", head + opts)  # all 3 images: only the third one is mined
-    runpy.run_path("tools/mine_styles.py", run_name="__main__")
+    with pytest.raises(SystemExit) as finished:
+        runpy.run_path("tools/mine_styles.py", run_name="__main__")
+    assert finished.value.code == 0
     data = torch.load(output, weights_only=False)
     assert len(data["done_images"]) == 3 and len(set(data["done_images"])) == 3
     assert sum(len(v) for v in data["banks"].values()) > sum(first.values())
