@@ -250,10 +250,13 @@ def benchmark_model(cfg: CfgNode, size: int, device: torch.device, args) -> List
 
     times = {(s, v.name): [] for s, variants in sections.items() for v in variants}
     peaks = {key: [] for key in times}
+    warmup_seconds = {}
     with EventStorage(0):  # Detectron2's R-CNN heads log training statistics into one
         for section, variants in sections.items():
             for variant in variants:
+                start = time.perf_counter()
                 time_it(step(section, variant), device, args.warmup, 0)
+                warmup_seconds[section, variant.name] = time.perf_counter() - start
         for r in range(args.rounds):
             for section, variants in sections.items():
                 for variant in variants[r % len(variants):] + variants[: r % len(variants)]:
@@ -277,6 +280,8 @@ def benchmark_model(cfg: CfgNode, size: int, device: torch.device, args) -> List
             # CUDA: allocator peak (the largest round); CPU: process peak RSS (the least disturbed round)
             row.update({"ms": 1000 * seconds, "it/s": 1.0 / seconds, "x baseline": seconds / base,
                         "peak memory (MiB)": (max if device.type == "cuda" else min)(peaks[section, variant.name])})
+            if args.compare:  # where torch.compile spends its compile time
+                row["warm-up (s)"] = warmup_seconds[section, variant.name]
             rows.append(row)
     return rows
 
