@@ -150,8 +150,9 @@ def test_inductor_tower_and_head_equal_eager_within_fp32_tolerance():
 
 
 def _ddp_worker(out_file):
-    from detectron2.engine import create_ddp_model
     from detectron2.utils import comm
+
+    from vlt.engine.trainer import build_ddp_model
 
     rank = comm.get_rank()
     inputs = batch()[rank : rank + 1]
@@ -159,7 +160,7 @@ def _ddp_worker(out_file):
     for parts in ([], ["tower", "head"]):
         model = tiny_model()
         compile_regions(model, parts, backend="eager")
-        ddp = create_ddp_model(model, broadcast_buffers=False)
+        ddp = build_ddp_model(load_config("configs/vltseg_demo.yaml", TINY_VLTSEG), model)  # the Trainer's wrapping
         torch.manual_seed(rank)
         sum(ddp(inputs).values()).backward()
         results[str(parts)] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
