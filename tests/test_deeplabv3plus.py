@@ -69,3 +69,17 @@ def test_short_training_lowers_the_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_norm_choice_keeps_the_state_dict_keys():
+    """MODEL.DEEPLAB.NORM: BN (release) or SyncBN across GPUs (one image per GPU leaves plain BN's image-pooling
+    branch one value per channel); the same keys, so checkpoints load either way."""
+    backbone = CLIPResNetBackbone(model_name="VLT-RN-Tiny")
+    plain, synced = head_for(backbone), head_for(backbone, norm="SyncBN")
+    assert isinstance(plain.aspp.pooling[2], torch.nn.BatchNorm2d)
+    norms = [m for m in synced.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == 8 and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    assert all(float(m.weight.min()) == 1.0 and float(m.bias.abs().max()) == 0.0 for m in norms)
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in synced.state_dict().items()}
+    synced.load_state_dict(plain.state_dict())
+    assert load_config("configs/famix_gta_rn50.yaml").MODEL.DEEPLAB.NORM == "BN"

@@ -55,9 +55,10 @@ RECIPES = {
                        SEG + CPU_SYNC_BN + ["MODEL.OPEN_CLIP.MODEL_NAME", "VLT-ViT-Tiny-16"]),
     "rein_linked_queries": ("rein_gta.yaml", SEG + [
         "MODEL.OPEN_CLIP.MODEL_NAME", "VLT-EVA02-Tiny-14", "MODEL.REIN.RANK", "4", "MODEL.REIN.LINK_QUERIES", "True"]),
-    # DeepLabV3+'s image-pooling branch has BatchNorm over 1x1 maps: two images per rank (the release: 8 per GPU).
+    # One image per rank, as on 8 GPUs at the release's batch 8: DeepLabV3+'s image-pooling branch normalises one
+    # value per image and channel, so the head's BN is synchronised (MODEL.DEEPLAB.NORM; naiveSyncBN on gloo).
     "famix": ("famix_gta_rn50.yaml", TINY_DEEPLAB + [
-        "MODEL.OPEN_CLIP.MODEL_NAME", "VLT-RN-Tiny", "SOLVER.IMS_PER_BATCH", "4", "INPUT.CROP.SIZE", "(64, 64)",
+        "MODEL.OPEN_CLIP.MODEL_NAME", "VLT-RN-Tiny", "MODEL.DEEPLAB.NORM", "naiveSyncBN", "INPUT.CROP.SIZE", "(64, 64)",
         "INPUT.TEST_RESOLUTION", "native",
         "DATASETS.TRAIN", "('gta5_train',)", "DATASETS.TEST", "('cityscapes_fine_val', 'acdc_fog_val')"]),
     "vltdet": ("vltdet_urbansyn.yaml", TINY_DET + [

@@ -349,6 +349,9 @@ def _add_famix_config(cfg):
     cfg.MODEL.DEEPLAB.LOW_LEVEL_CHANNELS = 48
     # Cross-entropy label smoothing (FAMix release: 0.1).
     cfg.MODEL.DEEPLAB.LABEL_SMOOTHING = 0.1
+    # Normalisation of the head: "BN" (release: one GPU, batch 8) or "SyncBN" for several GPUs (the statistics of
+    # the whole batch, as the release's; needed at one image per GPU, where the image-pooling BN has one value).
+    cfg.MODEL.DEEPLAB.NORM = "BN"
     # FAMix style mixing during training (Fahes et al., CVPR 2024, §3.3).
     cfg.MODEL.FAMIX = CN()
     cfg.MODEL.FAMIX.ENABLED = False

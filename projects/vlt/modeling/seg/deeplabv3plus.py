@@ -5,17 +5,19 @@ from typing import Dict, Sequence
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
+from detectron2.layers import get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["ASPP", "VLTDeepLabV3PlusHead"]
 
 
-def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int, dilation: int = 1) -> nn.Sequential:
+def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int, dilation: int = 1, norm: str = "BN") -> nn.Sequential:
     padding = 0 if kernel == 1 else dilation
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, kernel, padding=padding, dilation=dilation, bias=False),
-        nn.BatchNorm2d(out_ch),
+        get_norm(norm, out_ch),
         nn.ReLU(inplace=True),
     )
 
@@ -23,17 +25,19 @@ def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int, dilation: int = 1) -> nn
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: 1×1, three dilated 3×3, image pooling; concat, 1×1 projection, dropout 0.1."""
 
-    def __init__(self, in_channels: int, rates: Sequence[int], channels: int = 256, dropout: float = 0.1):
+    def __init__(self, in_channels: int, rates: Sequence[int], channels: int = 256, dropout: float = 0.1,
+                 norm: str = "BN"):
         super().__init__()
         self.branches = nn.ModuleList(
-            [_conv_bn_relu(in_channels, channels, 1)] + [_conv_bn_relu(in_channels, channels, 3, r) for r in rates]
+            [_conv_bn_relu(in_channels, channels, 1, norm=norm)]
+            + [_conv_bn_relu(in_channels, channels, 3, r, norm=norm) for r in rates]
         )
         self.pooling = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, channels, 1, bias=False), nn.BatchNorm2d(channels),
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, channels, 1, bias=False), get_norm(norm, channels),
             nn.ReLU(inplace=True),
         )
         self.project = nn.Sequential(
-            _conv_bn_relu(channels * (len(rates) + 2), channels, 1), nn.Dropout(dropout)
+            _conv_bn_relu(channels * (len(rates) + 2), channels, 1, norm=norm), nn.Dropout(dropout)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,19 +70,23 @@ class VLTDeepLabV3PlusHead(nn.Module):
         ignore_value: int = 255,
         label_smoothing: float = 0.1,
         loss_weight: float = 1.0,
+        norm: str = "BN",
     ):
+        """``norm``: the head's normalisation, "BN" as the release (one GPU, batch 8) or "SyncBN" across processes
+        (the image-pooling branch normalises one value per image and channel: plain BN needs >= 2 images per GPU);
+        state-dict keys are the same."""
         super().__init__()
         self.in_feature, self.low_level_feature = in_feature, low_level_feature
         self.num_classes, self.ignore_value = num_classes, ignore_value
         self.label_smoothing, self.loss_weight = label_smoothing, loss_weight
-        self.aspp = ASPP(in_channels, aspp_rates, aspp_channels)
-        self.low_level_project = _conv_bn_relu(low_level_channels, low_level_projection, 1)
-        self.fuse = _conv_bn_relu(aspp_channels + low_level_projection, aspp_channels, 3)
+        self.aspp = ASPP(in_channels, aspp_rates, aspp_channels, norm=norm)
+        self.low_level_project = _conv_bn_relu(low_level_channels, low_level_projection, 1, norm=norm)
+        self.fuse = _conv_bn_relu(aspp_channels + low_level_projection, aspp_channels, 3, norm=norm)
         self.classifier = nn.Conv2d(aspp_channels, num_classes, 1)
         for m in self.modules():  # as the release: kaiming-normal convs, BN weight 1 / bias 0
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, _BatchNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
@@ -106,6 +114,7 @@ class VLTDeepLabV3PlusHead(nn.Module):
             "ignore_value": head.IGNORE_VALUE,
             "label_smoothing": dl.LABEL_SMOOTHING,
             "loss_weight": head.LOSS_WEIGHT,
+            "norm": dl.NORM,
         }
 
     def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
